@@ -1,0 +1,129 @@
+// Command fanout runs a fanout WebSocket pub/sub server.
+//
+// Every flag has an environment equivalent: --max-message-bytes is
+// FANOUT_MAX_MESSAGE_BYTES. Flags given on the command line win.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/fanout-dev/fanout/engine"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "fanout:", err)
+		os.Exit(2)
+	}
+}
+
+func run(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("fanout", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		cfg       engine.Config
+		origins   string
+		logLevel  string
+		logFormat string
+	)
+	fs.StringVar(&cfg.Addr, "addr", ":8080", "TCP address to listen on")
+	fs.BoolVar(&cfg.ReusePort, "reuse-port", false, "set SO_REUSEPORT so several processes share the port")
+	fs.IntVar(&cfg.MaxMessageBytes, "max-message-bytes", 1<<20, "largest client message in bytes (larger: close 1009)")
+	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 60*time.Second, "close connections silent this long (pinged half-way)")
+	fs.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", 5*time.Second, "time allowed from accept to a complete upgrade request")
+	fs.DurationVar(&cfg.FrameTimeout, "frame-timeout", 10*time.Second, "time allowed for the rest of a started frame")
+	fs.DurationVar(&cfg.WriteTimeout, "write-timeout", 10*time.Second, "drop a connection whose socket accepts nothing for this long")
+	fs.IntVar(&cfg.WriteQueueBytes, "write-queue-bytes", 1<<20, "outbound bytes queued per connection before it is closed 1008 slow consumer")
+	fs.StringVar(&origins, "allowed-origins", "", "comma-separated browser origins allowed besides the server's own host (* for any)")
+	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 10*time.Second, "on SIGINT/SIGTERM, how long to wait for clients to leave")
+	fs.BoolVar(&cfg.Echo, "echo", false, "echo every data message verbatim, no protocol (conformance suites)")
+	fs.IntVar(&cfg.HistorySize, "history-size", 100, "publications kept per channel for history and recovery")
+	fs.DurationVar(&cfg.HistoryTTL, "history-ttl", 0, "drop publications older than this from history (0: never)")
+	fs.StringVar(&cfg.APIKey, "api-key", "", "bearer key enabling POST /api/publish (unset: endpoint answers 404)")
+	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&logFormat, "log-format", "text", "text or json")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: fanout [flags]\n\nEvery flag can also be set as FANOUT_<NAME> (e.g. FANOUT_ADDR=:9000).\n\n")
+		fs.PrintDefaults()
+	}
+	if err := applyEnv(fs); err != nil {
+		return err
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	logger, err := newLogger(stderr, logLevel, logFormat)
+	if err != nil {
+		return err
+	}
+	if origins != "" {
+		cfg.AllowedOrigins = strings.Split(origins, ",")
+	}
+	cfg.Logger = logger
+
+	srv, err := engine.New(cfg)
+	if err != nil {
+		return err
+	}
+	if err := srv.Start(); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	<-ctx.Done()
+	stop()
+	logger.Info("draining", "timeout", cfg.DrainTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		logger.Warn("drain incomplete; remaining connections dropped", "err", err)
+	}
+	logger.Info("stopped")
+	return nil
+}
+
+// applyEnv sets each flag from FANOUT_<NAME> when that variable is set, so
+// that the command line, parsed afterwards, still wins.
+func applyEnv(fs *flag.FlagSet) error {
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		name := "FANOUT_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(name); ok && err == nil {
+			if e := f.Value.Set(v); e != nil {
+				err = fmt.Errorf("%s=%q: %w", name, v, e)
+			}
+		}
+	})
+	return err
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format must be text or json, not %q", format)
+}

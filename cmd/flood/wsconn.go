@@ -1,0 +1,378 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cloudwego/netpoll"
+	"github.com/gobwas/ws"
+)
+
+// maxMessage bounds one received message (after reassembly); a larger one
+// closes the connection as a protocol error.
+const maxMessage = 64 << 20
+
+// handler receives a connection's events. onMessage's payload is only valid
+// during the call. onClose is called exactly once.
+type handler interface {
+	onMessage(c *wsConn, op ws.OpCode, payload []byte)
+	onClose(c *wsConn, cause string)
+}
+
+// wsConn is the client side of one WebSocket connection.
+//
+// Plain ws:// connections are netpoll connections read event-driven: no
+// goroutine waits on an idle socket; netpoll runs onRequest (from its pool)
+// when bytes arrive, and onRequest consumes every complete frame. wss:// and
+// the non-reading subscribers of slow mode use a net.Conn instead, read by
+// a goroutine (serve) when reading at all.
+type wsConn struct {
+	h  handler
+	np netpoll.Connection // event-driven transport, or nil
+	nc net.Conn           // blocking transport, or nil
+	br *bufio.Reader      // reader of nc
+
+	readTimeout time.Duration
+
+	wmu   sync.Mutex // serializes writes
+	wbuf  []byte     // nc write buffer, under wmu
+	cause atomic.Pointer[string]
+	fired atomic.Bool // onClose called
+
+	// Reader-side state, touched only by the (single) reader.
+	fragOp ws.OpCode
+	frag   []byte
+}
+
+var errClosed = errors.New("connection closed")
+
+// setCause records why the connection ends; the first cause wins.
+func (c *wsConn) setCause(cause string) {
+	c.cause.CompareAndSwap(nil, &cause)
+}
+
+func (c *wsConn) closeCause() string {
+	if p := c.cause.Load(); p != nil {
+		return *p
+	}
+	return "eof"
+}
+
+// fireClose calls the handler's onClose once.
+func (c *wsConn) fireClose() {
+	if c.fired.CompareAndSwap(false, true) {
+		c.h.onClose(c, c.closeCause())
+	}
+}
+
+// startEventDriven hands an upgraded netpoll connection to the poller.
+func (c *wsConn) startEventDriven() error {
+	_ = c.np.SetReadDeadline(time.Time{})
+	_ = c.np.SetReadTimeout(c.readTimeout)
+	_ = c.np.SetWriteTimeout(c.readTimeout)
+	_ = c.np.AddCloseCallback(func(netpoll.Connection) error {
+		c.fireClose()
+		return nil
+	})
+	// SetOnRequest runs the handler at once if bytes already arrived.
+	return c.np.SetOnRequest(c.onRequest)
+}
+
+// onRequest is netpoll's callback: it consumes every complete frame. netpoll
+// calls it again while unread input remains, so returning with a partial
+// frame buffered would make it spin; readFrame instead blocks in Next until
+// the rest of the frame arrives (bounded by the read timeout).
+func (c *wsConn) onRequest(_ context.Context, conn netpoll.Connection) error {
+	r := conn.Reader()
+	for r.Len() > 0 {
+		if err := c.readFrameNP(r); err != nil {
+			if !errors.Is(err, errClosed) {
+				c.setCause(causeOfReadErr(err))
+			}
+			_ = conn.Close()
+			return err
+		}
+	}
+	return r.Release()
+}
+
+// readFrameNP reads one frame from netpoll's nocopy reader.
+func (c *wsConn) readFrameNP(r netpoll.Reader) error {
+	h, err := r.Peek(2)
+	if err != nil {
+		return err
+	}
+	hl, plen, err := frameHeaderLen(h[0], h[1])
+	if err != nil {
+		return err
+	}
+	if hl > 2 {
+		if h, err = r.Peek(hl); err != nil {
+			return err
+		}
+	}
+	length := frameLength(h, plen)
+	if length > maxMessage {
+		return errTooLarge
+	}
+	b0, masked := h[0], h[1]&0x80 != 0
+	var mask [4]byte
+	if masked {
+		copy(mask[:], h[hl-4:hl])
+	}
+	buf, err := r.Next(hl + int(length))
+	if err != nil {
+		return err
+	}
+	payload := buf[hl:]
+	if masked {
+		ws.Cipher(payload, mask, 0)
+	}
+	return c.handleFrame(b0&0x80 != 0, b0&0x70, ws.OpCode(b0&0x0f), payload)
+}
+
+var (
+	errTooLarge = errors.New("message too large")
+	errProtocol = errors.New("protocol error")
+)
+
+// frameHeaderLen returns the header length implied by a frame's first two
+// bytes and the 7-bit length field.
+func frameHeaderLen(b0, b1 byte) (hl int, plen byte, err error) {
+	hl = 2
+	plen = b1 & 0x7f
+	switch plen {
+	case 126:
+		hl += 2
+	case 127:
+		hl += 8
+	}
+	if b1&0x80 != 0 {
+		hl += 4
+	}
+	return hl, plen, nil
+}
+
+func frameLength(h []byte, plen byte) uint64 {
+	switch plen {
+	case 126:
+		return uint64(binary.BigEndian.Uint16(h[2:4]))
+	case 127:
+		return binary.BigEndian.Uint64(h[2:10])
+	}
+	return uint64(plen)
+}
+
+// handleFrame processes one frame: control frames are answered here, data
+// messages (reassembled if fragmented) go to the handler.
+func (c *wsConn) handleFrame(fin bool, rsv byte, op ws.OpCode, payload []byte) error {
+	if rsv != 0 {
+		c.setCause("protocol_error")
+		return errProtocol
+	}
+	switch op {
+	case ws.OpPing:
+		_ = c.writeFrame(ws.OpPong, payload)
+	case ws.OpPong:
+	case ws.OpClose:
+		code := ws.StatusNoStatusRcvd
+		if len(payload) >= 2 {
+			code, _ = ws.ParseCloseFrameDataUnsafe(payload)
+		}
+		c.setCause("close_" + strconv.Itoa(int(code)))
+		if len(payload) >= 2 {
+			_ = c.writeFrame(ws.OpClose, payload[:2])
+		} else {
+			_ = c.writeFrame(ws.OpClose, nil)
+		}
+		return errClosed
+	case ws.OpText, ws.OpBinary:
+		if c.fragOp != 0 {
+			c.setCause("protocol_error")
+			return errProtocol
+		}
+		if fin {
+			c.h.onMessage(c, op, payload)
+			return nil
+		}
+		c.fragOp = op
+		c.frag = append(c.frag[:0], payload...)
+	case ws.OpContinuation:
+		if c.fragOp == 0 {
+			c.setCause("protocol_error")
+			return errProtocol
+		}
+		if len(c.frag)+len(payload) > maxMessage {
+			return errTooLarge
+		}
+		c.frag = append(c.frag, payload...)
+		if fin {
+			op := c.fragOp
+			c.fragOp = 0
+			c.h.onMessage(c, op, c.frag)
+			c.frag = nil
+		}
+	default:
+		c.setCause("protocol_error")
+		return errProtocol
+	}
+	return nil
+}
+
+// readFrameNC reads and handles one frame from the blocking transport.
+func (c *wsConn) readFrameNC(buf *[]byte) error {
+	h, err := c.br.Peek(2)
+	if err != nil {
+		return err
+	}
+	hl, plen, _ := frameHeaderLen(h[0], h[1])
+	if h, err = c.br.Peek(hl); err != nil {
+		return err
+	}
+	length := frameLength(h, plen)
+	if length > maxMessage {
+		return errTooLarge
+	}
+	b0, masked := h[0], h[1]&0x80 != 0
+	var mask [4]byte
+	if masked {
+		copy(mask[:], h[hl-4:hl])
+	}
+	if _, err := c.br.Discard(hl); err != nil {
+		return err
+	}
+	if cap(*buf) < int(length) {
+		*buf = make([]byte, length)
+	}
+	payload := (*buf)[:length]
+	if _, err := io.ReadFull(c.br, payload); err != nil {
+		return err
+	}
+	if masked {
+		ws.Cipher(payload, mask, 0)
+	}
+	return c.handleFrame(b0&0x80 != 0, b0&0x70, ws.OpCode(b0&0x0f), payload)
+}
+
+// serve reads the blocking transport until the connection ends. idle, when
+// positive, ends it (cause "idle") after that long without a frame.
+func (c *wsConn) serve(idle time.Duration) {
+	var buf []byte
+	for {
+		if idle > 0 {
+			_ = c.nc.SetReadDeadline(time.Now().Add(idle))
+		}
+		if err := c.readFrameNC(&buf); err != nil {
+			if idle > 0 && isTimeout(err) {
+				c.setCause("idle")
+			} else if !errors.Is(err, errClosed) {
+				c.setCause(causeOfReadErr(err))
+			}
+			break
+		}
+	}
+	_ = c.nc.Close()
+	c.fireClose()
+}
+
+// serveUntil reads frames synchronously until done() is true or the
+// deadline passes (blocking transport only; used to read a subscribe reply
+// before a slow subscriber stops reading).
+func (c *wsConn) serveUntil(done func() bool, deadline time.Time) error {
+	var buf []byte
+	_ = c.nc.SetReadDeadline(deadline)
+	defer c.nc.SetReadDeadline(time.Time{})
+	for !done() {
+		if err := c.readFrameNC(&buf); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeFrame writes one masked frame with a FIN bit.
+func (c *wsConn) writeFrame(op ws.OpCode, payload []byte) error {
+	n := len(payload)
+	hl := 2 + 4
+	switch {
+	case n > 0xffff:
+		hl += 8
+	case n > 125:
+		hl += 2
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	var buf []byte
+	if c.np != nil {
+		var err error
+		if buf, err = c.np.Malloc(hl + n); err != nil {
+			return err
+		}
+	} else {
+		if cap(c.wbuf) < hl+n {
+			c.wbuf = make([]byte, hl+n)
+		}
+		buf = c.wbuf[:hl+n]
+	}
+	buf[0] = 0x80 | byte(op)
+	switch {
+	case n > 0xffff:
+		buf[1] = 0x80 | 127
+		binary.BigEndian.PutUint64(buf[2:10], uint64(n))
+	case n > 125:
+		buf[1] = 0x80 | 126
+		binary.BigEndian.PutUint16(buf[2:4], uint16(n))
+	default:
+		buf[1] = 0x80 | byte(n)
+	}
+	var mask [4]byte
+	binary.LittleEndian.PutUint32(mask[:], rand.Uint32())
+	copy(buf[hl-4:hl], mask[:])
+	copy(buf[hl:], payload)
+	ws.Cipher(buf[hl:], mask, 0)
+	if c.np != nil {
+		return c.np.Flush()
+	}
+	_, err := c.nc.Write(buf)
+	if cap(c.wbuf) > 64<<10 {
+		c.wbuf = nil // do not keep a large buffer per connection
+	}
+	return err
+}
+
+// closeWith ends the connection from this side: a close frame with code
+// (best effort), then the socket.
+func (c *wsConn) closeWith(code ws.StatusCode, cause string) {
+	c.setCause(cause)
+	if c.nc != nil {
+		_ = c.nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	}
+	_ = c.writeFrame(ws.OpClose, ws.NewCloseFrameBody(code, ""))
+	c.abort(cause)
+}
+
+// abort closes the socket without a close frame.
+func (c *wsConn) abort(cause string) {
+	c.setCause(cause)
+	if c.np != nil {
+		_ = c.np.Close() // netpoll calls the close callback
+		return
+	}
+	_ = c.nc.Close()
+}
+
+// isTimeout reports whether err is a timeout of any transport.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, netpoll.ErrReadTimeout) ||
+		errors.Is(err, context.DeadlineExceeded)
+}

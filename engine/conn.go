@@ -1,0 +1,365 @@
+package engine
+
+import (
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
+
+	"github.com/bytedance/gopkg/util/gopool"
+	"github.com/cloudwego/netpoll"
+	"github.com/fanout-dev/fanout/codec"
+	"github.com/fanout-dev/fanout/engine/wsframe"
+	"github.com/gobwas/ws"
+	"github.com/valyala/bytebufferpool"
+	"golang.org/x/sys/unix"
+)
+
+// Connection states.
+const (
+	stateHandshake uint32 = iota // accepted, upgrade request not yet complete
+	stateHTTP                    // handed to net/http
+	stateOpen                    // upgraded WebSocket
+	stateClosing                 // close frame queued; input is discarded
+	stateClosed                  // socket closed, resources freed
+)
+
+// Conn is one accepted connection. Ownership (netpoll's model): one reader,
+// the netpoll OnRequest goroutine, owns the read side and the fields marked
+// "reader"; any goroutine may Send, and the write queue is guarded by wmu.
+// An idle connection holds no goroutine, timer, map or buffer of its own.
+type Conn struct {
+	srv  *Server
+	nc   netpoll.Connection
+	fd   int
+	info codec.ClientInfo
+	enc  codec.Encoding
+
+	state      atomic.Uint32
+	lastActive atomic.Int64 // server clock (unix nanos) of the last frame read
+	pingSent   atomic.Bool
+
+	// reader
+	fragOp ws.OpCode                  // opcode of the message being reassembled, 0 if none
+	frag   *bytebufferpool.ByteBuffer // reassembled fragments, nil when none
+	subs   []string                   // channels this connection subscribed to
+	// httpHead holds the bytes read from a connection lent to net/http.
+	httpHead []byte
+
+	wmu     sync.Mutex
+	queue   []*wsframe.Frame // frames waiting for the socket, oldest first
+	partial int              // bytes of queue[0] already written
+	queued  int              // bytes queued or handed to netpoll and not yet written
+	// flushing is set while a flusher goroutine owns netpoll's writer; no
+	// direct write may happen then, which keeps the byte order.
+	flushing bool
+	// closeQueued is set once a close frame is queued: nothing is accepted
+	// after it and the socket closes as soon as it is written.
+	closeQueued bool
+	wclosed     bool // the socket is closed or failed; Send drops frames
+}
+
+// Info implements hub.Subscriber.
+func (c *Conn) Info() codec.ClientInfo { return c.info }
+
+// Encoding implements hub.Subscriber.
+func (c *Conn) Encoding() codec.Encoding { return c.enc }
+
+// Send queues f (taking one reference) and never blocks. See SendBatch.
+func (c *Conn) Send(f *wsframe.Frame) {
+	c.wmu.Lock()
+	if !c.acceptLocked(f) {
+		c.wmu.Unlock()
+		return
+	}
+	c.queue = append(c.queue, f)
+	c.queued += f.Len()
+	c.writeLocked()
+}
+
+// SendBatch queues frames (taking one reference of each) and writes them
+// with one writev when the socket has room. It never blocks: what the socket
+// does not take now is written by a flusher goroutine that waits for the
+// socket, and a connection whose backlog passes WriteQueueBytes is closed
+// 1008 "slow consumer" without delaying anyone else.
+func (c *Conn) SendBatch(fs []*wsframe.Frame) {
+	c.wmu.Lock()
+	for i, f := range fs {
+		if !c.acceptLocked(f) {
+			for _, rest := range fs[i+1:] {
+				rest.Release()
+			}
+			c.wmu.Unlock()
+			return
+		}
+		c.queue = append(c.queue, f)
+		c.queued += f.Len()
+	}
+	c.writeLocked()
+}
+
+// acceptLocked decides whether f may join the queue. On refusal it releases
+// f and, for a queue over its bound, closes the connection 1008: it unlocks
+// wmu in that case only through closeLocked's caller contract, so callers
+// must unlock after a false return.
+func (c *Conn) acceptLocked(f *wsframe.Frame) bool {
+	if c.wclosed || c.closeQueued {
+		f.Release()
+		return false
+	}
+	if c.queued > 0 && c.queued+f.Len() > c.srv.cfg.WriteQueueBytes {
+		f.Release()
+		c.srv.stats.slowConsumers.Add(1)
+		c.queueCloseLocked(errSlowConsumer, true)
+		return false
+	}
+	return true
+}
+
+// writeLocked writes what it can of the queue without blocking and unlocks
+// wmu. Called with wmu held.
+func (c *Conn) writeLocked() {
+	if c.flushing || len(c.queue) == 0 {
+		c.wmu.Unlock()
+		return
+	}
+	done, err := c.writevLocked()
+	switch {
+	case err != nil:
+		c.failLocked()
+		return
+	case done:
+		if c.closeQueued {
+			c.wclosed = true
+			c.wmu.Unlock()
+			c.closeSocket()
+			return
+		}
+		c.wmu.Unlock()
+		return
+	}
+	c.flushing = true
+	c.wmu.Unlock()
+	gopool.Go(c.flush)
+}
+
+// iovMax bounds the frames written by one writev; the rest wait for the
+// next call. 64 iovecs keep the array on the stack.
+const iovMax = 64
+
+// writevLocked writes the head of the queue with one non-blocking writev and
+// drops the frames it completed. done reports an empty queue.
+func (c *Conn) writevLocked() (done bool, err error) {
+	for len(c.queue) > 0 {
+		var iov [iovMax]unix.Iovec
+		n := 0
+		for i, f := range c.queue {
+			if n == iovMax {
+				break
+			}
+			b := f.Bytes()
+			if i == 0 {
+				b = b[c.partial:]
+			}
+			iov[n].Base = &b[0]
+			iov[n].SetLen(len(b))
+			n++
+		}
+		r, _, errno := syscall.Syscall(syscall.SYS_WRITEV, uintptr(c.fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(n))
+		if errno == syscall.EINTR {
+			continue
+		}
+		if errno == syscall.EAGAIN {
+			return false, nil
+		}
+		if errno != 0 {
+			return false, errno
+		}
+		written := int(r)
+		c.srv.stats.writevs.Add(1)
+		c.consumeLocked(written)
+		if len(c.queue) > 0 && n < iovMax {
+			return false, nil // the socket took less than offered: it is full
+		}
+	}
+	c.trimQueueLocked()
+	return true, nil
+}
+
+// consumeLocked drops written bytes from the head of the queue.
+func (c *Conn) consumeLocked(written int) {
+	c.queued -= written
+	i := 0
+	for ; i < len(c.queue); i++ {
+		f := c.queue[i]
+		rest := f.Len() - c.partial
+		if written < rest {
+			c.partial += written
+			break
+		}
+		written -= rest
+		c.partial = 0
+		f.Release()
+		c.queue[i] = nil
+	}
+	c.queue = c.queue[i:]
+}
+
+// trimQueueLocked lets an idle connection hold no queue memory beyond a
+// small array.
+func (c *Conn) trimQueueLocked() {
+	if cap(c.queue) > 8 {
+		c.queue = nil
+	} else {
+		c.queue = c.queue[:0]
+	}
+}
+
+// flush runs on its own goroutine while the socket is full: it hands the
+// queue to netpoll's writer and waits in Flush (bounded by WriteTimeout)
+// until the poller has written it, then goes again until the queue is
+// empty. Only this goroutine touches netpoll's writer.
+func (c *Conn) flush() {
+	var batch []*wsframe.Frame
+	for {
+		c.wmu.Lock()
+		if c.wclosed || len(c.queue) == 0 {
+			c.flushing = false
+			closeNow := c.closeQueued && !c.wclosed
+			if closeNow {
+				c.wclosed = true
+			}
+			c.wmu.Unlock()
+			if closeNow {
+				c.closeSocket()
+			}
+			return
+		}
+		batch = append(batch[:0], c.queue...)
+		partial := c.partial
+		c.partial = 0
+		clear(c.queue)
+		c.queue = c.queue[:0]
+		c.wmu.Unlock()
+
+		w := c.nc.Writer()
+		size := 0
+		for i, f := range batch {
+			b := f.Bytes()
+			if i == 0 {
+				b = b[partial:]
+			}
+			size += len(b)
+			if _, err := w.WriteBinary(b); err != nil {
+				break
+			}
+		}
+		err := w.Flush()
+		c.srv.stats.flushes.Add(1)
+		c.wmu.Lock()
+		c.queued -= size
+		if err != nil {
+			c.wmu.Unlock()
+			// The poller may still hold these bytes: never recycle them.
+			for _, f := range batch {
+				f.Abandon()
+			}
+			c.wmu.Lock()
+			c.flushing = false
+			c.failLocked()
+			return
+		}
+		c.wmu.Unlock()
+		for i, f := range batch {
+			f.Release()
+			batch[i] = nil
+		}
+	}
+}
+
+// queueCloseLocked queues a close frame for reason. With dropQueued the
+// frames not yet handed to the socket are dropped first (a slow consumer
+// need not receive its backlog before learning why it is closed).
+func (c *Conn) queueCloseLocked(reason *CloseError, dropQueued bool) {
+	if c.closeQueued || c.wclosed {
+		return
+	}
+	c.closeQueued = true
+	if dropQueued {
+		keep := 0
+		if !c.flushing && c.partial > 0 {
+			keep = 1 // a started frame must be finished or the stream is corrupt
+		}
+		for _, f := range c.queue[keep:] {
+			c.queued -= f.Len()
+			f.Release()
+		}
+		clear(c.queue[keep:])
+		c.queue = c.queue[:keep]
+	}
+	c.state.Store(stateClosing)
+	c.srv.stats.closeSent(reason.Code)
+	f := wsframe.Close(reason.Code, reason.Reason)
+	c.queue = append(c.queue, f)
+	c.queued += f.Len()
+}
+
+// CloseWith closes the connection with a close frame carrying reason: the
+// frame is queued behind what the socket already has and the socket closes
+// once it is written (or WriteTimeout passes). Idempotent: only the first
+// reason is sent.
+func (c *Conn) CloseWith(reason *CloseError) {
+	c.wmu.Lock()
+	c.queueCloseLocked(reason, reason.Code == ClosePolicy)
+	c.writeLocked()
+}
+
+// failLocked handles a socket that can no longer be written: everything
+// queued is dropped and the socket closed. Unlocks wmu.
+func (c *Conn) failLocked() {
+	alreadyClosed := c.wclosed
+	c.wclosed = true
+	c.dropQueueLocked()
+	c.wmu.Unlock()
+	if !alreadyClosed {
+		c.closeSocket()
+	}
+}
+
+func (c *Conn) dropQueueLocked() {
+	for _, f := range c.queue {
+		f.Release()
+	}
+	c.queue = nil
+	c.queued = 0
+	c.partial = 0
+}
+
+// closeSocket closes the TCP connection. netpoll runs onClosed (once) when
+// the socket is really gone.
+func (c *Conn) closeSocket() { _ = c.nc.Close() }
+
+// onClosed runs exactly once, from netpoll's close callback, before netpoll
+// closes the file descriptor: after it no direct write can reach a reused fd.
+// It frees the connection's queue, reassembly buffer, subscriptions and
+// registry entry.
+func (c *Conn) onClosed() {
+	c.wmu.Lock()
+	c.wclosed = true
+	c.dropQueueLocked()
+	c.wmu.Unlock()
+	prev := c.state.Swap(stateClosed)
+	if prev == stateClosed {
+		return
+	}
+	if c.frag != nil {
+		bytebufferpool.Put(c.frag)
+		c.frag = nil
+	}
+	c.srv.connClosed(c, prev)
+	if prev == stateHTTP && c.httpHead != nil {
+		head := c.httpHead
+		c.httpHead = nil
+		c.srv.handoffHTTP(c.fd, head)
+	}
+}

@@ -1,0 +1,77 @@
+package hub
+
+import (
+	"context"
+
+	"github.com/fanout-dev/fanout/codec"
+)
+
+// Broker is what the hub needs from the outside world: a place that assigns
+// each publication its stream position, keeps channel history, and delivers
+// publications to every node that has an interest in the channel. The hub
+// owns the Broker it is given: Hub.Close closes it.
+//
+// NewMemoryBroker is the single-process implementation and the default. A
+// distributed broker (NATS, Redis, ...) must honour the same contract, which
+// is what keeps subscribe replies and live delivery free of gaps and
+// duplicates:
+//
+//   - Publish assigns the channel's epoch and next offset (offsets grow by
+//     one per channel, starting at 1 in every epoch), stores the publication
+//     in history, and only then delivers it. A publication that has been
+//     delivered to any node must be visible to a later History call made on
+//     that node (store before deliver; history reads are not stale).
+//   - Delivery calls BrokerHandler.HandlePublication on every node with an
+//     interest in the channel, once per publication, in offset order per
+//     channel, never concurrently for one channel, and without gaps while
+//     the interest lasts. Calls for different channels may run in parallel.
+//   - Subscribe(ch) starts this node's interest before it returns: every
+//     publication stored after it returns is delivered to this node.
+//     Unsubscribe(ch) ends it. The hub calls them once per channel when its
+//     first subscriber arrives and its last one leaves, never concurrently
+//     for one channel.
+//   - The epoch is a string naming one life of a channel's history; it
+//     changes whenever the history (and with it the offset sequence) is
+//     lost, and must not change while a node has an interest in the
+//     channel unless the history really was lost.
+//   - Methods may be called concurrently; HandlePublication must not be
+//     called from inside Publish with any lock held that Subscribe,
+//     Unsubscribe or History need, other than the channel's own lock (the
+//     hub never calls the broker from inside HandlePublication).
+type Broker interface {
+	// Run starts the broker and registers h, the receiver of every
+	// publication delivered to this node. It is called once, by New,
+	// before any other method.
+	Run(h BrokerHandler) error
+	// Publish stores pub in ch's history and delivers it. It takes
+	// ownership of pub: it sets pub.Channel, pub.Epoch and pub.Offset, and
+	// nobody modifies pub afterwards. It returns the position assigned.
+	Publish(ctx context.Context, ch string, pub *codec.Publication) (codec.StreamPosition, error)
+	// History returns the channel's current position (epoch and newest
+	// offset, 0 when it has none) and publications it holds, oldest first:
+	//   - limit == 0: no publications, only the position;
+	//   - since == nil: the newest limit publications (all held when
+	//     limit < 0);
+	//   - since != nil: the publications with offset > since.Offset, the
+	//     oldest limit of them (all when limit < 0). since.Epoch is not
+	//     compared: the caller compares it with the returned epoch.
+	// A channel the broker knows nothing about has the zero position and
+	// no publications; History does not create it.
+	History(ctx context.Context, ch string, since *codec.StreamPosition, limit int) ([]*codec.Publication, codec.StreamPosition, error)
+	// Subscribe starts this node's interest in ch (see above).
+	Subscribe(ch string) error
+	// Unsubscribe ends this node's interest in ch.
+	Unsubscribe(ch string) error
+	// Close stops the broker. Calls after Close return ErrClosed.
+	Close() error
+}
+
+// BrokerHandler receives the publications a Broker delivers to this node.
+// The hub registers one with Broker.Run; other code has no reason to
+// implement it.
+type BrokerHandler interface {
+	// HandlePublication fans pub out to the node's subscribers of ch. It
+	// never blocks on a subscriber and never calls back into the Broker.
+	// pub must not be modified afterwards.
+	HandlePublication(ch string, pub *codec.Publication)
+}

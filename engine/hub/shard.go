@@ -1,0 +1,380 @@
+package hub
+
+import (
+	"sync"
+	"sync/atomic"
+
+	"github.com/fanout-dev/fanout/codec"
+	"github.com/fanout-dev/fanout/engine/wsframe"
+)
+
+// maxRun caps how many publications of one channel a worker hands to a
+// subscriber in one SendBatch (one writev).
+const maxRun = 64
+
+type opKind uint8
+
+const (
+	opPub      opKind = iota // deliver d
+	opAdd                    // sub becomes pending: buffer publications for it
+	opActivate               // sub's reply is out: flush after pos, then live
+	opRemove                 // sub leaves
+	opBarrier                // wg.Done once everything before is delivered
+)
+
+// delivery is one publication encoded once per encoding in use. The
+// broadcaster gives every shard it queues d to one reference of each frame.
+type delivery struct {
+	pub    *codec.Publication
+	frames [2]*wsframe.Frame // index enc-1; nil when no subscriber used enc
+}
+
+func (d *delivery) release() {
+	for _, f := range d.frames {
+		if f != nil {
+			f.Release()
+		}
+	}
+}
+
+// item is one entry of a shard's queue.
+type item struct {
+	kind opKind
+	enc  codec.Encoding
+	ch   *channel
+	d    *delivery
+	sub  Subscriber
+	pos  codec.StreamPosition
+	wg   *sync.WaitGroup
+}
+
+// drop releases what an item that will never be processed holds.
+func (it *item) drop() {
+	switch it.kind {
+	case opPub:
+		it.d.release()
+	case opBarrier:
+		it.wg.Done()
+	}
+}
+
+// local is one channel's subscribers on one shard. Only that shard's worker
+// touches it.
+type local struct {
+	subs    [2][]Subscriber // active subscribers per encoding
+	index   map[Subscriber]int
+	pending []*pendingSub
+	run     []*delivery // queued publications not yet sent
+	touched bool        // in shard.touched
+}
+
+func (l *local) empty() bool {
+	return len(l.subs[0])+len(l.subs[1])+len(l.pending) == 0
+}
+
+// pendingSub is a subscriber whose subscribe reply is not out yet: what is
+// published meanwhile waits here (one frame reference each).
+type pendingSub struct {
+	sub Subscriber
+	enc codec.Encoding
+	buf []buffered
+}
+
+type buffered struct {
+	f   *wsframe.Frame
+	pub *codec.Publication
+}
+
+// shard is one fan-out worker and its input queue.
+type shard struct {
+	h  *Hub
+	id int
+
+	mu     sync.Mutex
+	q      []item
+	closed bool
+	wake   chan struct{}
+
+	// Worker-owned.
+	spare   []item
+	touched []*local
+	scratch []*wsframe.Frame
+
+	deliveries atomic.Uint64
+	sends      atomic.Uint64
+	batches    atomic.Uint64
+	_          [64]byte
+}
+
+func newShard(h *Hub, id int) *shard {
+	return &shard{h: h, id: id, wake: make(chan struct{}, 1)}
+}
+
+// push queues it; it never blocks on the worker.
+func (sh *shard) push(it item) {
+	sh.mu.Lock()
+	if sh.closed {
+		sh.mu.Unlock()
+		it.drop()
+		return
+	}
+	wasEmpty := len(sh.q) == 0
+	sh.q = append(sh.q, it)
+	sh.mu.Unlock()
+	if wasEmpty {
+		select {
+		case sh.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (sh *shard) depth() int {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	return len(sh.q)
+}
+
+func (sh *shard) close() {
+	sh.mu.Lock()
+	sh.closed = true
+	sh.mu.Unlock()
+	select {
+	case sh.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (sh *shard) run() {
+	defer sh.h.workers.Done()
+	for {
+		sh.mu.Lock()
+		for len(sh.q) == 0 && !sh.closed {
+			sh.mu.Unlock()
+			<-sh.wake
+			sh.mu.Lock()
+		}
+		items := sh.q
+		sh.q = sh.spare[:0]
+		closed := sh.closed
+		sh.mu.Unlock()
+		if closed {
+			for i := range items {
+				items[i].drop()
+			}
+			return
+		}
+		sh.process(items)
+		clear(items)
+		sh.spare = items[:0]
+	}
+}
+
+// process applies a drained batch in queue order. Publications are
+// gathered per channel and sent when an op of that channel or the end of
+// the batch comes, so a subscriber gets every publication of the batch in
+// one SendBatch.
+func (sh *shard) process(items []item) {
+	for i := range items {
+		it := &items[i]
+		if it.kind == opBarrier {
+			sh.flushAll()
+			it.wg.Done()
+			continue
+		}
+		l := it.ch.locals[sh.id]
+		switch it.kind {
+		case opPub:
+			if l == nil {
+				it.d.release()
+				continue
+			}
+			if !l.touched {
+				l.touched = true
+				sh.touched = append(sh.touched, l)
+			}
+			l.run = append(l.run, it.d)
+			if len(l.run) >= maxRun {
+				sh.flush(l)
+			}
+		case opAdd:
+			if l == nil {
+				l = &local{index: make(map[Subscriber]int)}
+				it.ch.locals[sh.id] = l
+			}
+			sh.flush(l)
+			l.pending = append(l.pending, &pendingSub{sub: it.sub, enc: it.enc})
+		case opActivate:
+			if l != nil {
+				sh.flush(l)
+				sh.activate(l, it)
+			}
+		case opRemove:
+			if l != nil {
+				sh.flush(l)
+				sh.remove(l, it)
+				if l.empty() {
+					it.ch.locals[sh.id] = nil
+				}
+			}
+		}
+	}
+	sh.flushAll()
+}
+
+func (sh *shard) flushAll() {
+	for i, l := range sh.touched {
+		sh.flush(l)
+		l.touched = false
+		sh.touched[i] = nil
+	}
+	sh.touched = sh.touched[:0]
+}
+
+// flush sends l's queued publications to its subscribers: per encoding,
+// one Retain per frame for the whole shard, then one Send (one
+// publication) or one SendBatch (several) per subscriber.
+func (sh *shard) flush(l *local) {
+	ds := l.run
+	if len(ds) == 0 {
+		return
+	}
+	for e := range l.subs {
+		subs := l.subs[e]
+		np := 0
+		for _, p := range l.pending {
+			if int(p.enc)-1 == e {
+				np++
+			}
+		}
+		n := len(subs) + np
+		fs := sh.scratch[:0]
+		for _, d := range ds {
+			f := d.frames[e]
+			switch {
+			case f == nil:
+				continue
+			case n == 0:
+				f.Release()
+				continue
+			case n > 1:
+				f.Retain(n - 1)
+			}
+			fs = append(fs, f)
+		}
+		if len(fs) == 0 {
+			continue
+		}
+		if len(subs) > 0 {
+			if len(fs) == 1 {
+				f := fs[0]
+				for _, s := range subs {
+					s.Send(f)
+				}
+			} else {
+				for _, s := range subs {
+					s.SendBatch(fs)
+				}
+				sh.batches.Add(uint64(len(subs)))
+			}
+			sh.sends.Add(uint64(len(subs)))
+			sh.deliveries.Add(uint64(len(subs) * len(fs)))
+		}
+		if np > 0 {
+			for _, p := range l.pending {
+				if int(p.enc)-1 != e {
+					continue
+				}
+				for _, d := range ds {
+					if f := d.frames[e]; f != nil {
+						p.buf = append(p.buf, buffered{f: f, pub: d.pub})
+					}
+				}
+			}
+		}
+		clear(fs)
+		sh.scratch = fs[:0]
+	}
+	clear(ds)
+	l.run = ds[:0]
+}
+
+// activate makes a pending subscriber live: what it buffered after the
+// position its reply carried is sent first, the rest released.
+func (sh *shard) activate(l *local, it *item) {
+	var p *pendingSub
+	for i, q := range l.pending {
+		if q.sub == it.sub {
+			p = q
+			last := len(l.pending) - 1
+			l.pending[i] = l.pending[last]
+			l.pending[last] = nil
+			l.pending = l.pending[:last]
+			break
+		}
+	}
+	if p == nil {
+		return
+	}
+	fs := sh.scratch[:0]
+	for _, b := range p.buf {
+		if b.pub.Epoch == it.pos.Epoch && b.pub.Offset <= it.pos.Offset {
+			b.f.Release()
+			continue
+		}
+		fs = append(fs, b.f)
+	}
+	switch len(fs) {
+	case 0:
+	case 1:
+		p.sub.Send(fs[0])
+	default:
+		p.sub.SendBatch(fs)
+	}
+	if len(fs) > 0 {
+		sh.sends.Add(1)
+		sh.deliveries.Add(uint64(len(fs)))
+	}
+	clear(fs)
+	sh.scratch = fs[:0]
+	e := p.enc - 1
+	l.index[p.sub] = len(l.subs[e])
+	l.subs[e] = append(l.subs[e], p.sub)
+}
+
+// remove drops a subscriber, live or pending.
+func (sh *shard) remove(l *local, it *item) {
+	if i, ok := l.index[it.sub]; ok {
+		subs := l.subs[it.enc-1]
+		last := len(subs) - 1
+		moved := subs[last]
+		subs[i] = moved
+		l.index[moved] = i
+		subs[last] = nil
+		l.subs[it.enc-1] = subs[:last]
+		delete(l.index, it.sub)
+		return
+	}
+	for i, p := range l.pending {
+		if p.sub == it.sub {
+			for _, b := range p.buf {
+				b.f.Release()
+			}
+			last := len(l.pending) - 1
+			l.pending[i] = l.pending[last]
+			l.pending[last] = nil
+			l.pending = l.pending[:last]
+			return
+		}
+	}
+}
+
+// sync waits until every shard has delivered everything queued before it.
+func (h *Hub) sync() {
+	var wg sync.WaitGroup
+	wg.Add(len(h.shards))
+	for _, sh := range h.shards {
+		sh.push(item{kind: opBarrier, wg: &wg})
+	}
+	wg.Wait()
+}

@@ -1,0 +1,542 @@
+package engine
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+
+	"fmt"
+
+	"log/slog"
+	mrand "math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/cloudwego/netpoll"
+	"github.com/fanout-dev/fanout/engine/hub"
+	"golang.org/x/sys/unix"
+)
+
+// Server is a fanout node: one TCP port whose connections are owned by a
+// netpoll event loop. Requests for /ws are upgraded inside the loop; every
+// other request is handed to net/http.
+type Server struct {
+	cfg            Config
+	log            *slog.Logger
+	hub            *hub.Hub
+	allowAnyOrigin bool
+	allowedOrigins map[string]struct{}
+	idPrefix       string
+
+	evl      netpoll.EventLoop
+	ln       netpoll.Listener
+	httpSrv  *http.Server
+	httpLn   *handoffListener
+	registry registry
+	stats    stats
+	metrics  http.Handler
+
+	clock    atomic.Int64 // coarse unix nanos, advanced by the sweeper
+	clientID atomic.Uint64
+	started  atomic.Bool
+	draining atomic.Bool
+	closed   chan struct{}
+	wg       sync.WaitGroup
+
+	closeOnce sync.Once
+}
+
+type connKey struct{}
+
+// configureNetpoll tunes netpoll once per process for many mostly idle
+// sockets instead of RPC: see doc.go ("Tuning netpoll").
+var configureNetpoll sync.Once
+
+// readBufferSize is the size of a connection's first input buffer node and
+// the minimum size of any later one. netpoll's default (8 KiB node, 4 KiB
+// minimum) suits RPC; an idle WebSocket needs none of it and small frames
+// fit in 1 KiB, while larger reads grow the buffer on demand.
+const readBufferSize = 1 << 10
+
+func tuneNetpoll(log *slog.Logger) {
+	configureNetpoll.Do(func() {
+		netpoll.LinkBufferCap = readBufferSize
+		pollers := runtime.GOMAXPROCS(0) / 4
+		if pollers < 1 {
+			pollers = 1
+		}
+		_ = netpoll.Configure(netpoll.Config{
+			PollerNum:    pollers,
+			BufferSize:   readBufferSize,
+			LoggerOutput: slogWriter{log},
+		})
+	})
+}
+
+// slogWriter routes netpoll's own log lines to slog at warn level.
+type slogWriter struct{ log *slog.Logger }
+
+func (w slogWriter) Write(p []byte) (int, error) {
+	w.log.Warn(strings.TrimSpace(string(p)), "component", "netpoll")
+	return len(p), nil
+}
+
+// New builds a server from cfg (zero fields take their defaults). It does
+// not listen until Start.
+func New(cfg Config) (*Server, error) {
+	cfg = cfg.withDefaults()
+	s := &Server{
+		cfg:            cfg,
+		log:            cfg.Logger,
+		allowedOrigins: make(map[string]struct{}),
+		closed:         make(chan struct{}),
+	}
+	for _, o := range cfg.AllowedOrigins {
+		o = strings.TrimSpace(o)
+		if o == "*" {
+			s.allowAnyOrigin = true
+		} else if o != "" {
+			s.allowedOrigins[strings.ToLower(strings.TrimSuffix(o, "/"))] = struct{}{}
+		}
+	}
+	var prefix [4]byte
+	_, _ = rand.Read(prefix[:])
+	s.idPrefix = hex.EncodeToString(prefix[:]) + "-"
+	s.clock.Store(time.Now().UnixNano())
+	s.registry.init()
+
+	h, err := hub.New(hub.Config{
+		HistorySize: cfg.HistorySize,
+		HistoryTTL:  cfg.HistoryTTL,
+		Broker:      cfg.Broker,
+		Logger:      cfg.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("engine: hub: %w", err)
+	}
+	s.hub = h
+	s.metrics = s.newMetricsHandler()
+	return s, nil
+}
+
+// Hub returns the server's pub/sub hub.
+func (s *Server) Hub() *hub.Hub { return s.hub }
+
+// Start listens on cfg.Addr and serves in the background until Shutdown or
+// Close.
+func (s *Server) Start() error {
+	if !s.started.CompareAndSwap(false, true) {
+		return ErrAlreadyStarted
+	}
+	select {
+	case <-s.closed:
+		return ErrServerClosed
+	default:
+	}
+	tuneNetpoll(s.log)
+	lc := net.ListenConfig{Control: func(network, address string, rc syscall.RawConn) error {
+		if !s.cfg.ReusePort {
+			return nil
+		}
+		var serr error
+		err := rc.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}}
+	stdln, err := lc.Listen(context.Background(), "tcp", s.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("engine: listen: %w", err)
+	}
+	ln, err := netpoll.ConvertListener(stdln)
+	if err != nil {
+		stdln.Close()
+		return fmt.Errorf("engine: listen: %w", err)
+	}
+	s.ln = ln
+	s.httpLn = newHandoffListener(ln.Addr())
+	s.httpSrv = &http.Server{
+		Handler:           s.httpHandler(),
+		ReadHeaderTimeout: s.cfg.HandshakeTimeout,
+		IdleTimeout:       s.cfg.IdleTimeout,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	evl, err := netpoll.NewEventLoop(s.onRequest,
+		netpoll.WithOnPrepare(s.onPrepare),
+		netpoll.WithWriteTimeout(s.cfg.WriteTimeout),
+	)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("engine: event loop: %w", err)
+	}
+	s.evl = evl
+	s.goFunc(func() { _ = s.httpSrv.Serve(s.httpLn) })
+	s.goFunc(func() {
+		if err := evl.Serve(ln); err != nil && !s.draining.Load() {
+			s.log.Error("event loop stopped", "err", err)
+		}
+	})
+	s.goFunc(s.sweep)
+	s.log.Info("listening", "addr", ln.Addr().String(), "echo", s.cfg.Echo)
+	return nil
+}
+
+// goFunc starts a server goroutine tracked by the server's WaitGroup.
+func (s *Server) goFunc(f func()) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f()
+	}()
+}
+
+// Addr is the address the server listens on (valid after Start).
+func (s *Server) Addr() net.Addr {
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Addr()
+}
+
+// onPrepare runs in the poller for every accepted socket, before it is
+// registered: it creates the connection's state and arms the handshake
+// deadline.
+func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
+	if s.draining.Load() {
+		_ = nc.Close()
+		return context.Background()
+	}
+	c := &Conn{srv: s, nc: nc}
+	if f, ok := nc.(interface{ Fd() int }); ok {
+		c.fd = f.Fd()
+	}
+	c.lastActive.Store(s.clock.Load())
+	_ = nc.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	_ = nc.AddCloseCallback(func(netpoll.Connection) error {
+		c.onClosed()
+		return nil
+	})
+	s.registry.add(c)
+	s.stats.accepted.Add(1)
+	return context.WithValue(context.Background(), connKey{}, c)
+}
+
+// connClosed runs once per connection after its socket closed.
+func (s *Server) connClosed(c *Conn, prev uint32) {
+	s.registry.remove(c)
+	if prev == stateOpen || prev == stateClosing {
+		s.stats.open.Add(-1)
+		for _, ch := range c.subs {
+			_ = s.hub.Unsubscribe(c, ch)
+		}
+		c.subs = nil
+	}
+}
+
+func (s *Server) nextClientID() string {
+	return s.idPrefix + strconv.FormatUint(s.clientID.Add(1), 36)
+}
+
+// sweepInterval is how often the sweeper advances the clock and checks
+// deadlines: a fraction of the shortest timeout, within [10 ms, 500 ms].
+func (s *Server) sweepInterval() time.Duration {
+	d := min(s.cfg.IdleTimeout, s.cfg.HandshakeTimeout) / 8
+	return min(max(d, 10*time.Millisecond), 500*time.Millisecond)
+}
+
+// sweep is the one timer of the server: instead of a timer per connection
+// it walks the registry, pinging connections idle for half the idle timeout,
+// closing those idle for all of it (1001) and dropping sockets that never
+// completed a handshake.
+func (s *Server) sweep() {
+	t := time.NewTicker(s.sweepInterval())
+	defer t.Stop()
+	var batch []*Conn
+	for {
+		select {
+		case <-s.closed:
+			return
+		case now := <-t.C:
+			s.clock.Store(now.UnixNano())
+		}
+		nowNs := s.clock.Load()
+		idle := s.cfg.IdleTimeout.Nanoseconds()
+		hsTimeout := s.cfg.HandshakeTimeout.Nanoseconds()
+		for i := range s.registry.shards {
+			batch = s.registry.shards[i].snapshot(batch[:0])
+			for _, c := range batch {
+				since := nowNs - c.lastActive.Load()
+				switch c.state.Load() {
+				case stateHandshake:
+					if since > hsTimeout {
+						s.stats.handshakeTimeouts.Add(1)
+						c.closeSocket()
+					}
+				case stateOpen:
+					switch {
+					case since > idle:
+						c.CloseWith(errIdle)
+					case since > idle/2 && !c.pingSent.Load():
+						c.pingSent.Store(true)
+						c.Send(pingFrame())
+					}
+				case stateClosing:
+					if since > idle+s.cfg.WriteTimeout.Nanoseconds() {
+						c.closeSocket()
+					}
+				}
+			}
+			clear(batch)
+		}
+	}
+}
+
+// Shutdown drains the server: it stops accepting, marks /readyz not ready,
+// sends every WebSocket 1012 with a retry_after_ms hint spread between
+// RetryAfterMin and RetryAfterMin+RetryAfterSpread, and waits for the
+// connections to close. When ctx has no deadline DrainTimeout applies. On
+// timeout the remaining connections are dropped and ctx.Err() returned.
+func (s *Server) Shutdown(ctx context.Context) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.cfg.DrainTimeout)
+		defer cancel()
+	}
+	if !s.draining.CompareAndSwap(false, true) {
+		<-s.closed
+		return nil
+	}
+	if s.ln != nil {
+		_ = s.ln.Close()
+	}
+	minMs := s.cfg.RetryAfterMin.Milliseconds()
+	spreadMs := s.cfg.RetryAfterSpread.Milliseconds()
+	var batch []*Conn
+	for i := range s.registry.shards {
+		batch = s.registry.shards[i].snapshot(batch[:0])
+		for _, c := range batch {
+			if c.state.Load() == stateOpen {
+				ms := minMs + mrand.Int64N(spreadMs+1)
+				c.CloseWith(&CloseError{CloseRestart, "retry_after_ms=" + strconv.FormatInt(ms, 10)})
+			} else if c.state.Load() == stateHandshake {
+				c.closeSocket()
+			}
+		}
+	}
+	var err error
+	if s.httpSrv != nil {
+		err = s.httpSrv.Shutdown(ctx)
+	}
+	if err == nil {
+		err = s.waitEmpty(ctx)
+	}
+	s.stop()
+	return err
+}
+
+// waitEmpty polls until every connection has closed or ctx is done.
+func (s *Server) waitEmpty(ctx context.Context) error {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for s.registry.len() > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// Close stops the server at once: connections are dropped without a close
+// frame. Idempotent.
+func (s *Server) Close() error {
+	s.draining.Store(true)
+	if s.ln != nil {
+		_ = s.ln.Close()
+	}
+	if s.httpSrv != nil {
+		_ = s.httpSrv.Close()
+	}
+	s.stop()
+	return nil
+}
+
+// stop drops what is left and releases the server's goroutines and hub.
+func (s *Server) stop() {
+	s.closeOnce.Do(func() {
+		var batch []*Conn
+		for i := range s.registry.shards {
+			batch = s.registry.shards[i].snapshot(batch[:0])
+			for _, c := range batch {
+				c.closeSocket()
+			}
+		}
+		if s.httpLn != nil {
+			_ = s.httpLn.Close()
+		}
+		if s.evl != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			_ = s.evl.Shutdown(ctx)
+			cancel()
+		}
+		close(s.closed)
+		_ = s.hub.Close()
+	})
+	s.wg.Wait()
+}
+
+// registry holds every accepted connection, sharded to keep accept and
+// close off one lock. Shutdown and the sweeper walk it.
+type registry struct {
+	shards [64]registryShard
+}
+
+type registryShard struct {
+	mu    sync.Mutex
+	conns map[*Conn]struct{}
+	_     [40]byte // keep shards on separate cache lines
+}
+
+func (r *registry) init() {
+	for i := range r.shards {
+		r.shards[i].conns = make(map[*Conn]struct{})
+	}
+}
+
+func (r *registry) shard(c *Conn) *registryShard {
+	return &r.shards[uint(c.fd)%uint(len(r.shards))]
+}
+
+func (r *registry) add(c *Conn) {
+	sh := r.shard(c)
+	sh.mu.Lock()
+	sh.conns[c] = struct{}{}
+	sh.mu.Unlock()
+}
+
+func (r *registry) remove(c *Conn) {
+	sh := r.shard(c)
+	sh.mu.Lock()
+	delete(sh.conns, c)
+	sh.mu.Unlock()
+}
+
+func (r *registry) len() int {
+	n := 0
+	for i := range r.shards {
+		sh := &r.shards[i]
+		sh.mu.Lock()
+		n += len(sh.conns)
+		sh.mu.Unlock()
+	}
+	return n
+}
+
+func (sh *registryShard) snapshot(dst []*Conn) []*Conn {
+	sh.mu.Lock()
+	for c := range sh.conns {
+		dst = append(dst, c)
+	}
+	sh.mu.Unlock()
+	return dst
+}
+
+// handoffListener is the net.Listener net/http serves: the event loop
+// pushes it the connections whose first request is ordinary HTTP.
+type handoffListener struct {
+	addr      net.Addr
+	conns     chan net.Conn
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+func newHandoffListener(addr net.Addr) *handoffListener {
+	return &handoffListener{addr: addr, conns: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *handoffListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *handoffListener) Close() error {
+	l.closeOnce.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *handoffListener) Addr() net.Addr { return l.addr }
+
+// serveHTTP lends c to net/http. netpoll's connection cannot serve
+// net/http directly (net/http aborts a background read by moving the read
+// deadline from another goroutine, which netpoll neither supports nor
+// notices), so the socket is detached from the poller instead: the bytes
+// already read are kept and onClosed, which runs once netpoll has let go of
+// the descriptor, turns it into an ordinary net.Conn for net/http.
+func (s *Server) serveHTTP(c *Conn, r netpoll.Reader) {
+	if !c.state.CompareAndSwap(stateHandshake, stateHTTP) {
+		return
+	}
+	buffered, err := r.Next(r.Len())
+	if err != nil {
+		c.closeSocket()
+		return
+	}
+	c.httpHead = append([]byte(nil), buffered...)
+	d, ok := c.nc.(interface{ Detach() error })
+	if !ok {
+		c.closeSocket()
+		return
+	}
+	_ = d.Detach()
+}
+
+// handoffHTTP turns a detached socket into a net.Conn and gives it to
+// net/http. Called from onClosed, after netpoll removed fd from its poller.
+func (s *Server) handoffHTTP(fd int, head []byte) {
+	f := os.NewFile(uintptr(fd), "http")
+	nc, err := net.FileConn(f) // duplicates fd
+	_ = f.Close()
+	if err != nil {
+		s.log.Warn("http handoff failed", "err", err)
+		return
+	}
+	hc := &prefixConn{Conn: nc, head: head}
+	select {
+	case s.httpLn.conns <- hc:
+		s.stats.httpConns.Add(1)
+	case <-s.httpLn.done:
+		_ = nc.Close()
+	}
+}
+
+// prefixConn replays the bytes netpoll had already read before the
+// connection's own.
+type prefixConn struct {
+	net.Conn
+	head []byte
+}
+
+func (p *prefixConn) Read(b []byte) (int, error) {
+	if len(p.head) > 0 {
+		n := copy(b, p.head)
+		p.head = p.head[n:]
+		return n, nil
+	}
+	return p.Conn.Read(b)
+}

@@ -1,0 +1,48 @@
+package engine
+
+import (
+	"sync/atomic"
+
+	"github.com/fanout-dev/fanout/engine/wsframe"
+	"github.com/gobwas/ws"
+)
+
+// stats are the server's counters: plain atomics on the hot path, read by
+// the Prometheus collectors in metrics.go.
+type stats struct {
+	accepted          atomic.Uint64
+	upgrades          atomic.Uint64
+	handshakeFailed   atomic.Uint64
+	handshakeTimeouts atomic.Uint64
+	httpConns         atomic.Uint64
+	open              atomic.Int64
+	framesIn          atomic.Uint64
+	messagesIn        atomic.Uint64
+	commandErrors     atomic.Uint64
+	writevs           atomic.Uint64
+	flushes           atomic.Uint64
+	slowConsumers     atomic.Uint64
+	closes            [closeCodeSlots]atomic.Uint64
+}
+
+// closeCodeSlots counts 1000..1015 individually and everything else in the
+// last slot.
+const closeCodeSlots = 17
+
+func (st *stats) closeSent(code uint16) {
+	i := int(code) - 1000
+	if i < 0 || i >= closeCodeSlots-1 {
+		i = closeCodeSlots - 1
+	}
+	st.closes[i].Add(1)
+}
+
+// sharedPing is one ping frame queued to every connection that needs it;
+// the server holds a reference forever so it is never recycled.
+var sharedPing = wsframe.New(ws.OpPing, nil)
+
+// pingFrame returns sharedPing with a reference for the receiver.
+func pingFrame() *wsframe.Frame {
+	sharedPing.Retain(1)
+	return sharedPing
+}

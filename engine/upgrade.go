@@ -1,0 +1,240 @@
+package engine
+
+import (
+	"bytes"
+	"io"
+	"net/url"
+	"strings"
+
+	"github.com/cloudwego/netpoll"
+	"github.com/fanout-dev/fanout/codec"
+	"github.com/fanout-dev/fanout/engine/wsframe"
+	"github.com/gobwas/ws"
+)
+
+// maxRequestHeaderBytes bounds an upgrade (or HTTP) request head.
+const maxRequestHeaderBytes = 16 << 10
+
+var headerEnd = []byte("\r\n\r\n")
+
+// handshake runs on the reader goroutine of a new connection. It waits
+// (until the handshake deadline) for a complete request head without
+// consuming it, then either upgrades a request for /ws with gobwas/ws or
+// hands the connection to net/http. It reports whether the connection is now
+// an open WebSocket whose remaining input holds frames.
+func (s *Server) handshake(c *Conn, r netpoll.Reader) bool {
+	head, ok := peekRequestHead(r)
+	if !ok {
+		if r.Len() >= maxRequestHeaderBytes {
+			s.stats.handshakeFailed.Add(1)
+			_, _ = c.nc.Write([]byte("HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"))
+		}
+		c.closeSocket()
+		return false
+	}
+	if !isWebSocketPath(head) {
+		s.serveHTTP(c, r)
+		return false
+	}
+	return s.upgrade(c, r, head)
+}
+
+// peekRequestHead returns the request head (through the blank line) without
+// consuming it, waiting for more input as needed.
+func peekRequestHead(r netpoll.Reader) ([]byte, bool) {
+	for {
+		n := r.Len()
+		b, err := r.Peek(n)
+		if err != nil {
+			return nil, false
+		}
+		if i := bytes.Index(b, headerEnd); i >= 0 {
+			return b[:i+len(headerEnd)], true
+		}
+		if n >= maxRequestHeaderBytes {
+			return nil, false
+		}
+		// Block for at least one more byte; the read deadline set at accept
+		// bounds the whole handshake, not each wait.
+		if _, err := r.Peek(n + 1); err != nil {
+			return nil, false
+		}
+	}
+}
+
+// isWebSocketPath reports whether the request line targets /ws, whatever the
+// method: gobwas/ws answers a wrong method with 405 and a missing or bad
+// header with 400/426, which is what a client of /ws should hear.
+func isWebSocketPath(head []byte) bool {
+	sp := bytes.IndexByte(head, ' ')
+	if sp < 0 {
+		return false
+	}
+	uri := head[sp+1:]
+	if !bytes.HasPrefix(uri, []byte("/ws")) || len(uri) < 4 {
+		return false
+	}
+	switch uri[3] {
+	case ' ', '?':
+		return true
+	}
+	return false
+}
+
+// handshakeIO feeds gobwas/ws the request head already peeked from netpoll's
+// buffer and collects its response in netpoll's output buffer.
+type handshakeIO struct {
+	head []byte
+	w    netpoll.Writer
+}
+
+func (h *handshakeIO) Read(p []byte) (int, error) {
+	if len(h.head) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, h.head)
+	h.head = h.head[n:]
+	return n, nil
+}
+
+func (h *handshakeIO) Write(p []byte) (int, error) { return h.w.WriteBinary(p) }
+
+// upgradeState collects what the header callbacks saw.
+type upgradeState struct {
+	s               *Server
+	host            []byte
+	origin          []byte
+	protocolOffered bool
+	protocol        string
+}
+
+var errBadSubprotocol = ws.RejectConnectionError(
+	ws.RejectionStatus(400),
+	ws.RejectionReason("unsupported subprotocol: supported are "+codec.SubprotocolJSON+", "+codec.SubprotocolMsgpack),
+)
+
+var errOriginForbidden = ws.RejectConnectionError(
+	ws.RejectionStatus(403),
+	ws.RejectionReason("origin not allowed"),
+)
+
+var headerOrigin = []byte("Origin")
+
+func (u *upgradeState) onHost(host []byte) error {
+	u.host = host
+	return nil
+}
+
+func (u *upgradeState) onHeader(key, value []byte) error {
+	if bytes.EqualFold(key, headerOrigin) {
+		u.origin = value
+	}
+	return nil
+}
+
+// selectProtocol picks the first supported subprotocol from one
+// Sec-WebSocket-Protocol header value. Constant results: no allocation.
+func (u *upgradeState) selectProtocol(v []byte) (string, bool) {
+	u.protocolOffered = true
+	for len(v) > 0 {
+		var item []byte
+		if i := bytes.IndexByte(v, ','); i >= 0 {
+			item, v = v[:i], v[i+1:]
+		} else {
+			item, v = v, nil
+		}
+		item = bytes.TrimSpace(item)
+		switch string(item) {
+		case codec.SubprotocolJSON:
+			u.protocol = codec.SubprotocolJSON
+			return u.protocol, true
+		case codec.SubprotocolMsgpack:
+			u.protocol = codec.SubprotocolMsgpack
+			return u.protocol, true
+		}
+	}
+	return "", true
+}
+
+func (u *upgradeState) beforeUpgrade() (ws.HandshakeHeader, error) {
+	if len(u.origin) > 0 && !u.s.originAllowed(u.origin, u.host) {
+		return nil, errOriginForbidden
+	}
+	if u.protocolOffered && u.protocol == "" && !u.s.cfg.Echo {
+		return nil, errBadSubprotocol
+	}
+	return nil, nil
+}
+
+// upgrade performs the WebSocket handshake on the request head with
+// gobwas/ws. On success the response and the connected push leave in one
+// write and the connection joins the server as an open WebSocket.
+func (s *Server) upgrade(c *Conn, r netpoll.Reader, head []byte) bool {
+	st := upgradeState{s: s}
+	u := ws.Upgrader{
+		ProtocolCustom:  st.selectProtocol,
+		OnHost:          st.onHost,
+		OnHeader:        st.onHeader,
+		OnBeforeUpgrade: st.beforeUpgrade,
+	}
+	hsio := handshakeIO{head: head, w: c.nc.Writer()}
+	hs, err := u.Upgrade(&hsio)
+	headLen := len(head)
+	if err != nil {
+		s.stats.handshakeFailed.Add(1)
+		_ = c.nc.Writer().Flush()
+		c.closeSocket()
+		return false
+	}
+	_ = r.Skip(headLen)
+	switch hs.Protocol {
+	case codec.SubprotocolMsgpack:
+		c.enc = codec.Msgpack
+	default:
+		c.enc = codec.JSON
+	}
+	c.info.Client = s.nextClientID()
+	if !s.cfg.Echo {
+		f := wsframe.Get()
+		f.B = codec.AppendConnected(f.B, c.enc, c.info)
+		f.Finish(c.dataOpCode())
+		_, _ = c.nc.Writer().WriteBinary(f.Bytes())
+		defer f.Release()
+	}
+	if err := c.nc.Writer().Flush(); err != nil {
+		c.closeSocket()
+		return false
+	}
+	_ = c.nc.SetReadTimeout(s.cfg.FrameTimeout)
+	if !c.state.CompareAndSwap(stateHandshake, stateOpen) {
+		return false
+	}
+	s.stats.upgrades.Add(1)
+	s.stats.open.Add(1)
+	return true
+}
+
+// dataOpCode is the frame kind of the connection's encoding.
+func (c *Conn) dataOpCode() ws.OpCode {
+	if c.enc == codec.Msgpack {
+		return ws.OpBinary
+	}
+	return ws.OpText
+}
+
+// originAllowed implements the cross-site WebSocket hijacking check: a
+// browser's Origin must be the server's own host or on the allow-list.
+func (s *Server) originAllowed(origin, host []byte) bool {
+	if s.allowAnyOrigin {
+		return true
+	}
+	o := string(origin)
+	if _, ok := s.allowedOrigins[strings.ToLower(o)]; ok {
+		return true
+	}
+	u, err := url.Parse(o)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	return strings.EqualFold(u.Host, string(host))
+}
