@@ -65,6 +65,10 @@ type Config struct {
 	// the endpoint answers 404.
 	APIKey string
 
+	// Pprof mounts net/http/pprof under /debug/pprof/ on the server's port.
+	// Default false: profiles expose internals.
+	Pprof bool
+
 	// Logger receives the server's logs. If nil, slog.Default().
 	Logger *slog.Logger
 }

@@ -202,7 +202,10 @@ func (c *Conn) consumeLocked(written int) {
 		f.Release()
 		c.queue[i] = nil
 	}
-	c.queue = c.queue[i:]
+	// Keep the backing array: shift what is left to the front.
+	rest := copy(c.queue, c.queue[i:])
+	clear(c.queue[rest:])
+	c.queue = c.queue[:rest]
 }
 
 // trimQueueLocked lets an idle connection hold no queue memory beyond a
@@ -275,6 +278,21 @@ func (c *Conn) flush() {
 			batch[i] = nil
 		}
 	}
+}
+
+// sendFinal queues f as the last bytes of the connection: the socket closes
+// once it is written. Used for a rejected handshake's HTTP response.
+func (c *Conn) sendFinal(f *wsframe.Frame) {
+	c.wmu.Lock()
+	if c.closeQueued || c.wclosed {
+		c.wmu.Unlock()
+		f.Release()
+		return
+	}
+	c.closeQueued = true
+	c.queue = append(c.queue, f)
+	c.queued += f.Len()
+	c.writeLocked()
 }
 
 // queueCloseLocked queues a close frame for reason. With dropQueued the

@@ -33,7 +33,7 @@ type Server struct {
 	log            *slog.Logger
 	hub            *hub.Hub
 	allowAnyOrigin bool
-	allowedOrigins map[string]struct{}
+	allowedOrigins [][]byte
 	idPrefix       string
 
 	evl      netpoll.EventLoop
@@ -62,9 +62,10 @@ var configureNetpoll sync.Once
 
 // readBufferSize is the size of a connection's first input buffer node and
 // the minimum size of any later one. netpoll's default (8 KiB node, 4 KiB
-// minimum) suits RPC; an idle WebSocket needs none of it and small frames
-// fit in 1 KiB, while larger reads grow the buffer on demand.
-const readBufferSize = 1 << 10
+// minimum) suits RPC; an idle WebSocket keeps its last node for its whole
+// life, so the node starts small and netpoll doubles the read size whenever
+// a read fills it, which amortises larger messages.
+const readBufferSize = 128
 
 func tuneNetpoll(log *slog.Logger) {
 	configureNetpoll.Do(func() {
@@ -94,17 +95,16 @@ func (w slogWriter) Write(p []byte) (int, error) {
 func New(cfg Config) (*Server, error) {
 	cfg = cfg.withDefaults()
 	s := &Server{
-		cfg:            cfg,
-		log:            cfg.Logger,
-		allowedOrigins: make(map[string]struct{}),
-		closed:         make(chan struct{}),
+		cfg:    cfg,
+		log:    cfg.Logger,
+		closed: make(chan struct{}),
 	}
 	for _, o := range cfg.AllowedOrigins {
 		o = strings.TrimSpace(o)
 		if o == "*" {
 			s.allowAnyOrigin = true
 		} else if o != "" {
-			s.allowedOrigins[strings.ToLower(strings.TrimSuffix(o, "/"))] = struct{}{}
+			s.allowedOrigins = append(s.allowedOrigins, []byte(strings.TrimSuffix(o, "/")))
 		}
 	}
 	var prefix [4]byte

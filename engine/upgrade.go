@@ -3,8 +3,7 @@ package engine
 import (
 	"bytes"
 	"io"
-	"net/url"
-	"strings"
+	"sync"
 
 	"github.com/cloudwego/netpoll"
 	"github.com/fanout-dev/fanout/codec"
@@ -82,10 +81,12 @@ func isWebSocketPath(head []byte) bool {
 }
 
 // handshakeIO feeds gobwas/ws the request head already peeked from netpoll's
-// buffer and collects its response in netpoll's output buffer.
+// buffer and collects its response in a pooled frame buffer, written by the
+// connection's direct writev: netpoll's output buffer would keep a node per
+// connection after the handshake.
 type handshakeIO struct {
 	head []byte
-	w    netpoll.Writer
+	out  *wsframe.Frame
 }
 
 func (h *handshakeIO) Read(p []byte) (int, error) {
@@ -97,7 +98,10 @@ func (h *handshakeIO) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-func (h *handshakeIO) Write(p []byte) (int, error) { return h.w.WriteBinary(p) }
+func (h *handshakeIO) Write(p []byte) (int, error) {
+	h.out.B = append(h.out.B, p...)
+	return len(p), nil
+}
 
 // upgradeState collects what the header callbacks saw.
 type upgradeState struct {
@@ -170,23 +174,15 @@ func (u *upgradeState) beforeUpgrade() (ws.HandshakeHeader, error) {
 // gobwas/ws. On success the response and the connected push leave in one
 // write and the connection joins the server as an open WebSocket.
 func (s *Server) upgrade(c *Conn, r netpoll.Reader, head []byte) bool {
-	st := upgradeState{s: s}
-	u := ws.Upgrader{
-		ProtocolCustom:  st.selectProtocol,
-		OnHost:          st.onHost,
-		OnHeader:        st.onHeader,
-		OnBeforeUpgrade: st.beforeUpgrade,
-	}
-	hsio := handshakeIO{head: head, w: c.nc.Writer()}
-	hs, err := u.Upgrade(&hsio)
-	headLen := len(head)
+	resp := wsframe.Get()
+	hs, err := s.negotiate(head, resp)
+	resp.FinishRaw()
+	_ = r.Skip(len(head))
 	if err != nil {
 		s.stats.handshakeFailed.Add(1)
-		_ = c.nc.Writer().Flush()
-		c.closeSocket()
+		c.sendFinal(resp)
 		return false
 	}
-	_ = r.Skip(headLen)
 	switch hs.Protocol {
 	case codec.SubprotocolMsgpack:
 		c.enc = codec.Msgpack
@@ -194,24 +190,55 @@ func (s *Server) upgrade(c *Conn, r netpoll.Reader, head []byte) bool {
 		c.enc = codec.JSON
 	}
 	c.info.Client = s.nextClientID()
-	if !s.cfg.Echo {
-		f := wsframe.Get()
-		f.B = codec.AppendConnected(f.B, c.enc, c.info)
-		f.Finish(c.dataOpCode())
-		_, _ = c.nc.Writer().WriteBinary(f.Bytes())
-		defer f.Release()
-	}
-	if err := c.nc.Writer().Flush(); err != nil {
-		c.closeSocket()
-		return false
-	}
 	_ = c.nc.SetReadTimeout(s.cfg.FrameTimeout)
 	if !c.state.CompareAndSwap(stateHandshake, stateOpen) {
+		resp.Release()
 		return false
 	}
 	s.stats.upgrades.Add(1)
 	s.stats.open.Add(1)
+	if s.cfg.Echo {
+		c.Send(resp)
+		return true
+	}
+	connected := wsframe.Get()
+	connected.B = codec.AppendConnected(connected.B, c.enc, c.info)
+	connected.Finish(c.dataOpCode())
+	// The 101 response and the connected push leave in one writev.
+	c.SendBatch([]*wsframe.Frame{resp, connected})
 	return true
+}
+
+// upgrader is one pooled handshake: gobwas/ws's Upgrader with its callbacks
+// bound once to the state they fill, so a handshake allocates none of them.
+type upgrader struct {
+	st   upgradeState
+	u    ws.Upgrader
+	hsio handshakeIO
+}
+
+var upgraderPool = sync.Pool{New: func() any {
+	up := new(upgrader)
+	up.u = ws.Upgrader{
+		ProtocolCustom:  up.st.selectProtocol,
+		OnHost:          up.st.onHost,
+		OnHeader:        up.st.onHeader,
+		OnBeforeUpgrade: up.st.beforeUpgrade,
+	}
+	return up
+}}
+
+// negotiate runs gobwas/ws's upgrader over a complete request head and
+// appends the response (101 or the rejection) to out.B.
+func (s *Server) negotiate(head []byte, out *wsframe.Frame) (ws.Handshake, error) {
+	up := upgraderPool.Get().(*upgrader)
+	up.st = upgradeState{s: s}
+	up.hsio = handshakeIO{head: head, out: out}
+	hs, err := up.u.Upgrade(&up.hsio)
+	up.st = upgradeState{}
+	up.hsio = handshakeIO{}
+	upgraderPool.Put(up)
+	return hs, err
 }
 
 // dataOpCode is the frame kind of the connection's encoding.
@@ -228,13 +255,15 @@ func (s *Server) originAllowed(origin, host []byte) bool {
 	if s.allowAnyOrigin {
 		return true
 	}
-	o := string(origin)
-	if _, ok := s.allowedOrigins[strings.ToLower(o)]; ok {
-		return true
+	for _, o := range s.allowedOrigins {
+		if bytes.EqualFold(origin, o) {
+			return true
+		}
 	}
-	u, err := url.Parse(o)
-	if err != nil || u.Host == "" {
+	// Origin is scheme "://" host [":" port], no path (RFC 6454).
+	i := bytes.Index(origin, []byte("://"))
+	if i < 0 {
 		return false
 	}
-	return strings.EqualFold(u.Host, string(host))
+	return len(host) > 0 && bytes.EqualFold(origin[i+3:], host)
 }

@@ -53,6 +53,7 @@ func run(args []string, stderr io.Writer) error {
 	fs.IntVar(&cfg.HistorySize, "history-size", 100, "publications kept per channel for history and recovery")
 	fs.DurationVar(&cfg.HistoryTTL, "history-ttl", 0, "drop publications older than this from history (0: never)")
 	fs.StringVar(&cfg.APIKey, "api-key", "", "bearer key enabling POST /api/publish (unset: endpoint answers 404)")
+	fs.BoolVar(&cfg.Pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ (exposes internals)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
 	fs.Usage = func() {

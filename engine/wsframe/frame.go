@@ -82,6 +82,13 @@ func (f *Frame) Finish(op ws.OpCode) *Frame {
 	return f
 }
 
+// FinishRaw marks f as raw bytes to be written as they are, with no frame
+// header: the HTTP response of a handshake travels through the same queue.
+func (f *Frame) FinishRaw() *Frame {
+	f.start = MaxHeaderLen
+	return f
+}
+
 // Bytes returns the complete frame, header included. Valid until the last
 // Release; callers must not modify it.
 func (f *Frame) Bytes() []byte { return f.B[f.start:] }
