@@ -87,3 +87,28 @@ func benchBroadcast(b *testing.B, n int, both, sync bool, data []byte) {
 	b.ReportMetric(float64(ms1.Mallocs-ms0.Mallocs)/deliveries, "allocs/delivery")
 	b.ReportMetric(float64(after.Sends-before.Sends)/deliveries, "calls/delivery")
 }
+
+// BenchmarkSubscribe measures one Subscribe (no reply, no recover) to a
+// channel that already has subscribers: it must not grow with them.
+func BenchmarkSubscribe(b *testing.B) {
+	for _, n := range []int{0, 10000} {
+		b.Run(fmt.Sprintf("existing=%d", n), func(b *testing.B) {
+			h := newHub(b, Config{})
+			for i := range n {
+				subscribe(b, h, &discardSub{enc: codec.JSON, id: i}, SubscribeRequest{Channel: "s"})
+			}
+			subs := make([]*discardSub, b.N)
+			for i := range subs {
+				subs[i] = &discardSub{enc: codec.JSON, id: n + i}
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := range b.N {
+				if err := h.Subscribe(subs[i], SubscribeRequest{Channel: "s"}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			h.sync()
+		})
+	}
+}

@@ -369,6 +369,16 @@ func (sh *shard) remove(l *local, it *item) {
 	}
 }
 
+// Flush waits until every publication queued to the shard workers before
+// it was called has been handed to its subscribers (for a drain: publish,
+// Flush, then close the connections).
+func (h *Hub) Flush() {
+	if h.closed.Load() {
+		return
+	}
+	h.sync()
+}
+
 // sync waits until every shard has delivered everything queued before it.
 func (h *Hub) sync() {
 	var wg sync.WaitGroup
