@@ -503,12 +503,18 @@ func (r *stateRecorder) events() []StateChange {
 	return append([]StateChange(nil), r.evs...)
 }
 
-// find returns the first event into state to with a non-nil error, if any.
-func (r *stateRecorder) find(to State) (StateChange, bool) {
-	for _, ev := range r.events() {
-		if ev.To == to {
-			return ev, true
+// wait returns the first event into state to, waiting for it.
+func (r *stateRecorder) wait(t *testing.T, to State) StateChange {
+	t.Helper()
+	var found StateChange
+	eventually(t, "state "+to.String(), func() bool {
+		for _, ev := range r.events() {
+			if ev.To == to {
+				found = ev
+				return true
+			}
 		}
-	}
-	return StateChange{}, false
+		return false
+	})
+	return found
 }

@@ -70,8 +70,10 @@ type Options struct {
 // with exponential backoff and full jitter: the n-th consecutive attempt
 // waits a random duration in [0, min(MaxBackoff, MinBackoff*2^n)]. A close
 // 1012 whose reason carries retry_after_ms=<N> is honoured instead: the next
-// attempt waits N ms plus a random jitter of up to max(MinBackoff, N/2) ms.
-// The backoff sequence starts again once a connection stays up for 10s.
+// attempt waits N ms plus a random jitter of up to max(MinBackoff, N/2)
+// (capped at MaxBackoff). The backoff sequence starts again once a connection
+// stays up for 10s. A handshake refused with HTTP 400, 401, 403 or 404 is
+// not retried: the client closes (StateClosed) with that *HandshakeError.
 type ReconnectOptions struct {
 	// Disabled turns reconnection off: when the connection is lost the
 	// Client closes, and its calls fail with ErrClosed. Default: false.

@@ -36,6 +36,10 @@ type Config struct {
 	// written to its socket; past it the connection is closed 1008 "slow
 	// consumer". If zero, 1 MiB.
 	WriteQueueBytes int
+	// SendBufferBytes sets SO_SNDBUF on each accepted socket, bounding the
+	// kernel memory one connection can hold. If zero, the kernel's default
+	// (autotuned up to net.ipv4.tcp_wmem).
+	SendBufferBytes int
 	// AllowedOrigins lists the browser origins (scheme://host[:port]) other
 	// than the server's own host that may open WebSockets; "*" allows any.
 	// If empty, only same-host origins (and non-browser clients) may connect.

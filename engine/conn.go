@@ -68,8 +68,9 @@ func (c *Conn) Encoding() codec.Encoding { return c.enc }
 // Send queues f (taking one reference) and never blocks. See SendBatch.
 func (c *Conn) Send(f *wsframe.Frame) {
 	c.wmu.Lock()
-	if !c.acceptLocked(f) {
+	if c.wclosed || c.closeQueued {
 		c.wmu.Unlock()
+		f.Release()
 		return
 	}
 	c.queue = append(c.queue, f)
@@ -80,67 +81,54 @@ func (c *Conn) Send(f *wsframe.Frame) {
 // SendBatch queues frames (taking one reference of each) and writes them
 // with one writev when the socket has room. It never blocks: what the socket
 // does not take now is written by a flusher goroutine that waits for the
-// socket, and a connection whose backlog passes WriteQueueBytes is closed
-// 1008 "slow consumer" without delaying anyone else.
+// socket, and a connection whose unwritten backlog passes WriteQueueBytes is
+// closed 1008 "slow consumer" without delaying anyone else.
 func (c *Conn) SendBatch(fs []*wsframe.Frame) {
 	c.wmu.Lock()
-	for i, f := range fs {
-		if !c.acceptLocked(f) {
-			for _, rest := range fs[i+1:] {
-				rest.Release()
-			}
-			c.wmu.Unlock()
-			return
+	if c.wclosed || c.closeQueued {
+		c.wmu.Unlock()
+		for _, f := range fs {
+			f.Release()
 		}
+		return
+	}
+	for _, f := range fs {
 		c.queue = append(c.queue, f)
 		c.queued += f.Len()
 	}
 	c.writeLocked()
 }
 
-// acceptLocked decides whether f may join the queue. On refusal it releases
-// f and, for a queue over its bound, closes the connection 1008: it unlocks
-// wmu in that case only through closeLocked's caller contract, so callers
-// must unlock after a false return.
-func (c *Conn) acceptLocked(f *wsframe.Frame) bool {
-	if c.wclosed || c.closeQueued {
-		f.Release()
-		return false
-	}
-	if c.queued > 0 && c.queued+f.Len() > c.srv.cfg.WriteQueueBytes {
-		f.Release()
-		c.srv.stats.slowConsumers.Add(1)
-		c.queueCloseLocked(errSlowConsumer, true)
-		return false
-	}
-	return true
-}
-
-// writeLocked writes what it can of the queue without blocking and unlocks
-// wmu. Called with wmu held.
+// writeLocked writes what it can of the queue without blocking, enforces
+// the backlog bound on what is left, and unlocks wmu. Called with wmu held.
 func (c *Conn) writeLocked() {
-	if c.flushing || len(c.queue) == 0 {
-		c.wmu.Unlock()
-		return
-	}
-	done, err := c.writevLocked()
-	switch {
-	case err != nil:
-		c.failLocked()
-		return
-	case done:
-		if c.closeQueued {
-			c.wclosed = true
-			c.wmu.Unlock()
-			c.closeSocket()
-			return
+	for {
+		if !c.flushing && len(c.queue) > 0 {
+			done, err := c.writevLocked()
+			switch {
+			case err != nil:
+				c.failLocked()
+				return
+			case done && c.closeQueued:
+				c.wclosed = true
+				c.wmu.Unlock()
+				c.closeSocket()
+				return
+			case !done:
+				c.flushing = true
+				gopool.Go(c.flush)
+			}
+		}
+		// The bound applies to bytes the socket did not take: a burst that
+		// the socket absorbs is no slow consumer.
+		if c.queued > c.srv.cfg.WriteQueueBytes && !c.closeQueued {
+			c.srv.stats.slowConsumers.Add(1)
+			c.queueCloseLocked(errSlowConsumer, true)
+			continue
 		}
 		c.wmu.Unlock()
 		return
 	}
-	c.flushing = true
-	c.wmu.Unlock()
-	gopool.Go(c.flush)
 }
 
 // iovMax bounds the frames written by one writev; the rest wait for the

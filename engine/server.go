@@ -220,6 +220,9 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 	c := &Conn{srv: s, nc: nc}
 	if f, ok := nc.(interface{ Fd() int }); ok {
 		c.fd = f.Fd()
+		if n := s.cfg.SendBufferBytes; n > 0 {
+			_ = unix.SetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_SNDBUF, n)
+		}
 	}
 	c.lastActive.Store(s.clock.Load())
 	_ = nc.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))

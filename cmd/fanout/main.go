@@ -47,6 +47,7 @@ func run(args []string, stderr io.Writer) error {
 	fs.DurationVar(&cfg.FrameTimeout, "frame-timeout", 10*time.Second, "time allowed for the rest of a started frame")
 	fs.DurationVar(&cfg.WriteTimeout, "write-timeout", 10*time.Second, "drop a connection whose socket accepts nothing for this long")
 	fs.IntVar(&cfg.WriteQueueBytes, "write-queue-bytes", 1<<20, "outbound bytes queued per connection before it is closed 1008 slow consumer")
+	fs.IntVar(&cfg.SendBufferBytes, "send-buffer-bytes", 0, "SO_SNDBUF per connection (0: kernel default, autotuned)")
 	fs.StringVar(&origins, "allowed-origins", "", "comma-separated browser origins allowed besides the server's own host (* for any)")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 10*time.Second, "on SIGINT/SIGTERM, how long to wait for clients to leave")
 	fs.BoolVar(&cfg.Echo, "echo", false, "echo every data message verbatim, no protocol (conformance suites)")
