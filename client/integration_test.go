@@ -173,14 +173,6 @@ func TestEnginePresence(t *testing.T) {
 			a := itDial(t, engineURL(srv), itOptions(enc))
 			b := itDial(t, engineURL(srv), itOptions(enc))
 			sa := itSubscribe(t, a, ch, client.SubscribeOptions{Presence: true})
-			// Workaround for an engine race: hub.Subscribe sends the
-			// subscribe reply before it registers the presence listener, so
-			// a join right after the reply can be missed. A round trip on
-			// a's connection orders b's subscribe after the registration.
-			// TODO: drop once the hub registers the listener first.
-			if err := a.Ping(itCtx(t)); err != nil {
-				t.Fatal(err)
-			}
 			sb := itSubscribe(t, b, ch, client.SubscribeOptions{})
 
 			nextEvent := func(kind client.PresenceKind) {

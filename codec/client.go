@@ -33,6 +33,9 @@ func DecodeServerMessage(enc Encoding, msg []byte, m *ServerMessage) error {
 	default:
 		return ErrEncoding
 	}
+	if !r.isObject() {
+		return ErrNotObject
+	}
 	d := serverDecoder{r: r, enc: enc, m: m}
 	if err := r.object(d.field); err != nil {
 		return err
@@ -226,6 +229,8 @@ type reader interface {
 	raw() ([]byte, error)
 	skip() error
 	atEnd() bool
+	// isObject reports whether an object (not null) comes next.
+	isObject() bool
 }
 
 // --- JSON reader ---
@@ -244,6 +249,8 @@ func (r *jreader) peek() byte {
 }
 
 func (r *jreader) atEnd() bool { return skipWS(r.b, r.i) == len(r.b) }
+
+func (r *jreader) isObject() bool { return r.peek() == '{' }
 
 func (r *jreader) skip() error {
 	s := jscan{b: r.b}
@@ -427,6 +434,11 @@ type mreader struct {
 }
 
 func (r *mreader) atEnd() bool { return r.i == len(r.b) }
+
+func (r *mreader) isObject() bool {
+	_, _, ok := mpMapLen(r.b, r.i)
+	return ok
+}
 
 func (r *mreader) skip() error {
 	s := mscan{b: r.b}

@@ -42,7 +42,14 @@ var (
 // with escapes, whose unescaped text lives in a buffer owned by cmd (valid
 // until the next DecodeCommand into cmd).
 //
-// It allocates nothing for a valid command.
+// Msgpack map keys must be str to be recognized; other keys are skipped
+// with their values. id, recover.offset and limit accept every int and uint
+// width (a negative value is a bad_request, a float too); a limit beyond
+// the int range is clamped. data may be any value, bin included.
+//
+// It allocates nothing for a valid command (JSON strings written with
+// escapes excepted, until cmd's buffer has grown), nor for a rejected one
+// except the unknown_op error, whose message names the op.
 func DecodeCommand(enc Encoding, msg []byte, cmd *Command) error {
 	switch enc {
 	case JSON:

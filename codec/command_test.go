@@ -334,7 +334,7 @@ func mpBuild(parts ...any) string {
 // fs is a msgpack fixstr.
 func fs(s string) string { return string(mpAppendStr(nil, s)) }
 
-func msgpackErrCases(t *testing.T) []cmdErrCase {
+func msgpackErrCases(t testing.TB) []cmdErrCase {
 	pub := fs("op") + fs("publish") + fs("channel") + fs("c") + fs("data")
 	return []cmdErrCase{
 		{name: "empty", msg: ""},

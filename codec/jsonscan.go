@@ -3,6 +3,7 @@ package codec
 import (
 	"encoding/binary"
 	"math"
+	"math/bits"
 	"strconv"
 	"unicode/utf8"
 	"unsafe"
@@ -52,12 +53,17 @@ const (
 	msb8 = 0x8080808080808080
 )
 
-// plain8 reports whether all 8 bytes of x are jsonPlain. It is exact: the
-// subtraction tricks can only misfire on bytes >= 0x80, which x itself flags.
-func plain8(x uint64) bool {
-	t := (x - 0x20*lsb8) | ((x ^ '"'*lsb8) - lsb8) | ((x ^ '\\'*lsb8) - lsb8) | x
-	return t&msb8 == 0
+// special8 flags the bytes of x (8 bytes, little-endian) that are not
+// jsonPlain: < 0x20, '"', '\\' or >= 0x80. The lowest flagged byte is exact
+// (borrows only propagate upwards, from a byte that is itself special), so
+// bits.TrailingZeros64(special8(x))/8 is the index of the first special byte;
+// flags above it may be spurious.
+func special8(x uint64) uint64 {
+	return ((x - 0x20*lsb8) | ((x ^ '"'*lsb8) - lsb8) | ((x ^ '\\'*lsb8) - lsb8) | x) & msb8
 }
+
+// plain8 reports whether all 8 bytes of x are jsonPlain.
+func plain8(x uint64) bool { return special8(x) == 0 }
 
 // scanString scans the rest of a string whose opening quote is at i-1. It
 // returns the index after the closing quote and flags, or -1 on a syntax
@@ -66,17 +72,22 @@ func scanString(b []byte, i int) (int, uint8) {
 	var flags uint8
 	n := len(b)
 	for {
-		for i+8 <= n && plain8(binary.LittleEndian.Uint64(b[i:])) {
-			i += 8
-		}
-		if i >= n {
-			return -1, 0
+		if i+8 <= n {
+			t := special8(binary.LittleEndian.Uint64(b[i:]))
+			if t == 0 {
+				i += 8
+				continue
+			}
+			i += bits.TrailingZeros64(t) >> 3
+		} else {
+			for i < n && jsonPlain[b[i]] {
+				i++
+			}
+			if i >= n {
+				return -1, 0
+			}
 		}
 		c := b[i]
-		if jsonPlain[c] {
-			i++
-			continue
-		}
 		switch {
 		case c == '"':
 			return i + 1, flags

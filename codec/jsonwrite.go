@@ -2,6 +2,7 @@ package codec
 
 import (
 	"math"
+	"math/bits"
 	"strconv"
 	"unicode/utf8"
 )
@@ -25,21 +26,41 @@ func appendJSONString(dst []byte, s string) []byte {
 // makes it return false (dst then holds a partial string); otherwise invalid
 // bytes are replaced with \ufffd.
 func appendJSONStr(dst []byte, s string, strict bool) ([]byte, bool) {
-	dst = append(dst, '"')
-	start := 0
+	i := plainPrefix(s)
+	if i == len(s) { // nothing to escape: the common case
+		dst = append(dst, '"')
+		dst = append(dst, s...)
+		return append(dst, '"'), true
+	}
+	return appendJSONStrSlow(append(dst, '"'), s, i, strict)
+}
+
+// plainPrefix returns the length of the longest prefix of s made of bytes
+// that need no escaping.
+func plainPrefix(s string) int {
 	i := 0
-	for i < len(s) {
-		for i+8 <= len(s) && plain8(loadString8(s, i)) {
-			i += 8
+	for i+8 <= len(s) {
+		if t := special8(loadString8(s, i)); t != 0 {
+			return i + bits.TrailingZeros64(t)>>3
 		}
+		i += 8
+	}
+	for i < len(s) && jsonPlain[s[i]] {
+		i++
+	}
+	return i
+}
+
+// appendJSONStrSlow goes on from s[i], the first byte that may need
+// escaping; the opening quote is already in dst.
+func appendJSONStrSlow(dst []byte, s string, i int, strict bool) ([]byte, bool) {
+	start := 0
+	for i < len(s) {
+		i += plainPrefix(s[i:])
 		if i >= len(s) {
 			break
 		}
 		c := s[i]
-		if jsonPlain[c] {
-			i++
-			continue
-		}
 		if c < utf8.RuneSelf {
 			dst = append(dst, s[start:i]...)
 			switch c {

@@ -310,7 +310,7 @@ func (s *mscan) value(i, depth int) int {
 // str validates the n bytes of a str body at i (the header is before i).
 func (s *mscan) str(i, n int) int {
 	end := s.skipBytes(i, n)
-	if end >= 0 && s.check && !utf8.Valid(s.b[i:end]) {
+	if end >= 0 && s.check && !validUTF8(s.b[i:end]) {
 		s.note(errInvalidUTF8)
 	}
 	return end
@@ -440,4 +440,18 @@ func mpAppendBool(dst []byte, v bool) []byte {
 		return append(dst, mpTrue)
 	}
 	return append(dst, mpFalse)
+}
+
+// validUTF8 is utf8.Valid with a fast path for the short ASCII strings
+// that make up most keys and values.
+func validUTF8(b []byte) bool {
+	if len(b) <= 16 {
+		for _, c := range b {
+			if c >= utf8.RuneSelf {
+				return utf8.Valid(b)
+			}
+		}
+		return true
+	}
+	return utf8.Valid(b)
 }

@@ -13,13 +13,16 @@ import (
 // JSON to msgpack: objects become maps with str keys, arrays arrays, strings
 // str, true/false/null bool/nil; a number becomes an integer (the shortest
 // msgpack int or uint format) when its value is integral and fits in int64
-// or uint64 (1.0 and 1e2 included), else a float64. A lone surrogate escape
+// or uint64 (1.0 and 1e2 included), else a float64; negative zero (-0, -0.0)
+// stays a float64 -0 so that its sign survives the round trip (JavaScript
+// tells them apart). A lone surrogate escape
 // such as "\ud800" (no Unicode character, so no UTF-8 string) and a number
 // beyond float64 range (1e400) are ErrUnsupported.
 //
 // Msgpack to JSON: ints and uints in decimal, floats (float32 included,
 // widened exactly to float64) in the shortest form that reads back as the
-// same float64, str as JSON strings (escaped; invalid UTF-8 is
+// same float64, except that integral floats within int64/uint64 range are
+// written as their exact integer (so that they come back as that integer), str as JSON strings (escaped; invalid UTF-8 is
 // ErrUnsupported), bin as a standard base64 string with padding (so it comes
 // back from JSON as a str: the one non-reversible mapping), nil/bool as
 // null/true/false. Ext values (the timestamp type included), map keys that
@@ -129,7 +132,7 @@ func (t *j2m) value(i, depth int) int {
 	num := b[i:end]
 	if kind == numInt && !big {
 		if num[0] == '-' {
-			if v, ok := parseUintDigits(num[1:]); ok && v <= 1<<63 {
+			if v, ok := parseUintDigits(num[1:]); ok && v <= 1<<63 && v != 0 {
 				t.out = mpAppendInt(t.out, int64(-v))
 				return end
 			}
@@ -142,7 +145,7 @@ func (t *j2m) value(i, depth int) int {
 	switch {
 	case math.IsInf(f, 0):
 		return t.fail(errNumberRange)
-	case f != math.Trunc(f):
+	case f != math.Trunc(f), f == 0 && math.Signbit(f):
 		t.out = mpAppendFloat64(t.out, f)
 	case f >= -(1<<63) && f < 1<<63:
 		t.out = mpAppendInt(t.out, int64(f))
@@ -410,10 +413,22 @@ func (t *m2j) value(i, depth int) int {
 }
 
 func (t *m2j) float(next int, f float64) int {
-	if math.IsNaN(f) || math.IsInf(f, 0) {
+	switch {
+	case math.IsNaN(f) || math.IsInf(f, 0):
 		return t.fail(errNonFinite)
+	case f != math.Trunc(f) || f == 0 && math.Signbit(f):
+		t.out = appendJSONFloat(t.out, f)
+	case f >= -(1<<63) && f < 1<<63:
+		// Integral: the exact integer, which reads back as the same
+		// float64 and, unlike the shortest form of large values
+		// (40973926021566848 is shortest as 40973926021566850), as the
+		// same integer.
+		t.out = strconv.AppendInt(t.out, int64(f), 10)
+	case f >= 0 && f < 1<<64:
+		t.out = strconv.AppendUint(t.out, uint64(f), 10)
+	default:
+		t.out = appendJSONFloat(t.out, f)
 	}
-	t.out = appendJSONFloat(t.out, f)
 	return next
 }
 

@@ -341,9 +341,14 @@ func (c *Conn) dropQueueLocked() {
 	c.partial = 0
 }
 
-// closeSocket closes the TCP connection. netpoll runs onClosed (once) when
-// the socket is really gone.
-func (c *Conn) closeSocket() { _ = c.nc.Close() }
+// closeSocket closes the TCP connection on another goroutine. netpoll may
+// run the close callbacks (onClosed, which unsubscribes from the hub)
+// synchronously inside Close, and Send is called by the hub with its
+// channel locks held: closing inline from the write path would re-enter
+// the hub and deadlock.
+func (c *Conn) closeSocket() {
+	gopool.Go(func() { _ = c.nc.Close() })
+}
 
 // onClosed runs exactly once, from netpoll's close callback, before netpoll
 // closes the file descriptor: after it no direct write can reach a reused fd.

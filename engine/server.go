@@ -82,11 +82,12 @@ func tuneNetpoll(log *slog.Logger) {
 	})
 }
 
-// slogWriter routes netpoll's own log lines to slog at warn level.
+// slogWriter routes netpoll's own log lines to slog at debug level: netpoll
+// logs ordinary events (a peer resetting a socket it was closing) as errors.
 type slogWriter struct{ log *slog.Logger }
 
 func (w slogWriter) Write(p []byte) (int, error) {
-	w.log.Warn(strings.TrimSpace(string(p)), "component", "netpoll")
+	w.log.Debug(strings.TrimSpace(string(p)), "component", "netpoll")
 	return len(p), nil
 }
 

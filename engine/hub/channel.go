@@ -14,7 +14,7 @@ const hubBuckets = 256
 type hubBucket struct {
 	mu sync.RWMutex
 	m  map[string]*channel
-	_  [24]byte // keep neighbouring buckets off one cache line
+	_  [32]byte // keep neighbouring buckets off one cache line
 }
 
 // channel is one channel's subscribers on this hub.

@@ -322,13 +322,17 @@ func (h *Hub) Subscribe(s Subscriber, req SubscribeRequest) error {
 
 	// 3. Reply, then activate: the shard flushes what it buffered after
 	// pos.Offset and delivers live from then on.
+	// The reply is sent under c.mu, in the same critical section that makes
+	// s a presence listener: a join pushed by another subscriber is either
+	// before the reply (and s is in the presence snapshot it can ask for)
+	// or after it and delivered to s; it cannot fall in between.
+	c.mu.Lock()
 	if req.HasID {
 		f := wsframe.Get()
 		f.B = codec.AppendSubscribeOK(f.B, enc, req.ID, pos, recovered, pubs)
 		s.Send(f.Finish(opcode(enc)))
 		h.replies.Add(1)
 	}
-	c.mu.Lock()
 	if c.members[s] == m { // not unsubscribed meanwhile
 		h.shards[m.shard].push(item{kind: opActivate, ch: c, sub: s, enc: enc, pos: pos})
 		m.active = true

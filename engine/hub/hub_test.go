@@ -772,3 +772,37 @@ func TestZeroAllocsPerSubscriber(t *testing.T) {
 		t.Fatalf("allocs grow with subscribers: %.1f for 2, %.1f for 2000", few, many)
 	}
 }
+
+// TestManyChannelsOneShard: publications of several channels interleave in
+// one worker's batches; each channel's order survives the coalescing.
+func TestManyChannelsOneShard(t *testing.T) {
+	const channels, perChannel = 5, 200
+	h := newHub(t, Config{Shards: 1})
+	subs := []*fakeSub{newSub(codec.JSON), newSub(codec.Msgpack), newSub(codec.JSON)}
+	for _, s := range subs {
+		for c := range channels {
+			subscribe(t, h, s, SubscribeRequest{Channel: fmt.Sprint("m", c)})
+		}
+	}
+	var wg sync.WaitGroup
+	for c := range channels {
+		wg.Go(func() {
+			for i := 1; i <= perChannel; i++ {
+				publish(t, h, fmt.Sprint("m", c), i)
+			}
+		})
+	}
+	wg.Wait()
+	h.sync()
+	for _, s := range subs {
+		per := map[string][]codec.ServerMessage{}
+		for _, p := range s.pubs() {
+			per[p.Channel] = append(per[p.Channel], p)
+		}
+		for c := range channels {
+			ch := fmt.Sprint("m", c)
+			checkOffsets(t, s.info.Client+" "+ch, per[ch], 1, perChannel)
+		}
+		s.checkErrs(t)
+	}
+}

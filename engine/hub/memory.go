@@ -57,7 +57,7 @@ type handlerBox struct{ h BrokerHandler }
 type brokerBucket struct {
 	mu       sync.Mutex
 	channels map[string]*memChannel
-	_        [40]byte // keep neighbouring buckets off one cache line
+	_        [48]byte // keep neighbouring buckets off one cache line
 }
 
 // memChannel is one channel's stream. Lock order: bucket.mu, then mu; or mu
@@ -69,7 +69,7 @@ type memChannel struct {
 	epoch    string
 	offset   uint64
 	interest int
-	ring     []memEntry // capacity size; head is the oldest
+	ring     []memEntry // grows up to size entries; head is the oldest
 	head, n  int
 }
 
@@ -197,7 +197,7 @@ func (b *MemoryBroker) lockChannel(ch string, create bool) *memChannel {
 				bk.mu.Unlock()
 				return nil
 			}
-			c = &memChannel{epoch: newEpoch(), ring: make([]memEntry, b.size)}
+			c = &memChannel{epoch: newEpoch()}
 			bk.channels[ch] = c
 		}
 		bk.mu.Unlock()
@@ -241,6 +241,16 @@ func (c *memChannel) expire(b *MemoryBroker, now time.Time) {
 	}
 }
 
+// grow doubles the ring (up to size), so that channels with little
+// traffic do not hold a full ring each.
+func (c *memChannel) grow(size int) {
+	ring := make([]memEntry, min(max(2*len(c.ring), 8), size))
+	for i := range c.n {
+		ring[i] = c.ring[(c.head+i)%len(c.ring)]
+	}
+	c.ring, c.head = ring, 0
+}
+
 // Publish assigns pub the channel's next offset, stores it and delivers it
 // to the handler before it returns, all under the channel's lock.
 func (b *MemoryBroker) Publish(ctx context.Context, ch string, pub *codec.Publication) (codec.StreamPosition, error) {
@@ -254,9 +264,12 @@ func (b *MemoryBroker) Publish(ctx context.Context, ch string, pub *codec.Public
 	c := b.lockChannel(ch, true)
 	c.offset++
 	pub.Channel, pub.Epoch, pub.Offset = ch, c.epoch, c.offset
-	if len(c.ring) > 0 {
+	if b.size > 0 {
 		now := b.now()
 		c.expire(b, now)
+		if c.n == len(c.ring) && c.n < b.size {
+			c.grow(b.size)
+		}
 		i := (c.head + c.n) % len(c.ring)
 		if c.n == len(c.ring) {
 			c.head = (c.head + 1) % len(c.ring)
