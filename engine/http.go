@@ -177,6 +177,7 @@ func (s *Server) newMetricsHandler() http.Handler {
 		{hubDesc("batches_total", "Coalesced multi-publication sends."), prometheus.CounterValue, func(h hub.Stats) float64 { return float64(h.Batches) }},
 		{hubDesc("recovered_total", "Subscribes that recovered every missed publication."), prometheus.CounterValue, func(h hub.Stats) float64 { return float64(h.Recovered) }},
 		{hubDesc("not_recovered_total", "Subscribes whose recovery had a gap."), prometheus.CounterValue, func(h hub.Stats) float64 { return float64(h.NotRecovered) }},
+		{hubDesc("throttled_publishes_total", "Publishes that waited for a backlogged fan-out."), prometheus.CounterValue, func(h hub.Stats) float64 { return float64(h.Throttled) }},
 		{hubDesc("presence_pushes_total", "Join and leave pushes sent."), prometheus.CounterValue, func(h hub.Stats) float64 { return float64(h.Presence) }},
 	}
 	// Unchecked (no Describe): one collector reads Stats once per scrape.

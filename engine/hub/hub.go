@@ -113,6 +113,7 @@ type Stats struct {
 	Recovered    uint64 // subscribes with recover that recovered everything
 	NotRecovered uint64 // subscribes with recover that could not
 	Presence     uint64 // join and leave pushes sent
+	Throttled    uint64 // publishes that waited for a backlogged fan-out
 }
 
 // Hub is the channel registry and broadcaster. All methods are safe for
@@ -139,7 +140,21 @@ type Hub struct {
 	recovered     atomic.Uint64
 	notRecovered  atomic.Uint64
 	presence      atomic.Uint64
+	throttled     atomic.Uint64
+
+	// Backpressure (see waitForRoom): roomCh is closed and replaced when a
+	// shard drains while a publisher waits.
+	roomMu      sync.Mutex
+	roomCh      chan struct{}
+	roomWaiting atomic.Bool
 }
+
+// maxPendingPubs bounds the publications queued to one shard and not yet
+// fanned out. Past it Publish waits: a publisher faster than the fan-out is
+// slowed down (through its own socket, since its reader waits) instead of
+// growing the queues and every subscriber's latency without bound. Two
+// coalescing runs' worth keeps the workers busy with full batches.
+const maxPendingPubs = 2 * maxRun
 
 // New starts a hub: its shard workers and its broker.
 func New(cfg Config) (*Hub, error) {
@@ -148,6 +163,7 @@ func New(cfg Config) (*Hub, error) {
 		n = runtime.GOMAXPROCS(0)
 	}
 	h := &Hub{
+		roomCh: make(chan struct{}),
 		broker: cfg.Broker,
 		log:    cfg.Logger,
 		seed:   maphash.MakeSeed(),
@@ -190,6 +206,7 @@ func (h *Hub) Close() error {
 		h.closed.Store(true)
 		h.closeErr = h.broker.Close()
 		h.stopWorkers()
+		h.signalRoom()
 	})
 	return h.closeErr
 }
@@ -214,6 +231,7 @@ func (h *Hub) Stats() Stats {
 		Replies:       h.replies.Load(),
 		Recovered:     h.recovered.Load(),
 		NotRecovered:  h.notRecovered.Load(),
+		Throttled:     h.throttled.Load(),
 		Presence:      h.presence.Load(),
 	}
 	for _, sh := range h.shards {
@@ -461,12 +479,65 @@ func (h *Hub) Publish(ctx context.Context, channel string, data []byte, enc code
 	} else {
 		pub.Msgpack, pub.JSON = buf[:len(data):len(data)], t
 	}
+	if err := h.waitForRoom(ctx); err != nil {
+		return codec.StreamPosition{}, err
+	}
 	pos, err := h.broker.Publish(ctx, channel, pub)
 	if err != nil {
 		return codec.StreamPosition{}, err
 	}
 	h.published.Add(1)
 	return pos, nil
+}
+
+// backlogged reports whether some shard holds more than maxPendingPubs
+// publications not yet fanned out.
+func (h *Hub) backlogged() bool {
+	for _, sh := range h.shards {
+		if sh.pendingPubs.Load() > maxPendingPubs {
+			return true
+		}
+	}
+	return false
+}
+
+// waitForRoom blocks while the fan-out is backlogged, until a shard drains,
+// ctx ends or the hub closes.
+func (h *Hub) waitForRoom(ctx context.Context) error {
+	if !h.backlogged() {
+		return nil
+	}
+	h.throttled.Add(1)
+	for {
+		h.roomMu.Lock()
+		ch := h.roomCh
+		h.roomWaiting.Store(true)
+		h.roomMu.Unlock()
+		// Re-check after registering: a shard that drained before it saw
+		// roomWaiting did not signal.
+		if !h.backlogged() {
+			return nil
+		}
+		if h.closed.Load() {
+			return ErrClosed
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// signalRoom wakes every publisher waiting in waitForRoom.
+func (h *Hub) signalRoom() {
+	h.roomMu.Lock()
+	if h.roomWaiting.Load() {
+		close(h.roomCh)
+		h.roomCh = make(chan struct{})
+		h.roomWaiting.Store(false)
+	}
+	h.roomMu.Unlock()
 }
 
 // Presence returns the clients subscribed to channel on this hub (whose

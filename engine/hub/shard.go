@@ -100,7 +100,8 @@ type shard struct {
 	touched []*local
 	scratch []*wsframe.Frame
 
-	deliveries atomic.Uint64
+	pendingPubs atomic.Int64 // opPub items queued and not yet processed
+	deliveries  atomic.Uint64
 	sends      atomic.Uint64
 	batches    atomic.Uint64
 	_          [64]byte
@@ -120,6 +121,9 @@ func (sh *shard) push(it item) {
 	}
 	wasEmpty := len(sh.q) == 0
 	sh.q = append(sh.q, it)
+	if it.kind == opPub {
+		sh.pendingPubs.Add(1)
+	}
 	sh.mu.Unlock()
 	if wasEmpty {
 		select {
@@ -165,6 +169,15 @@ func (sh *shard) run() {
 			return
 		}
 		sh.process(items)
+		pubs := 0
+		for i := range items {
+			if items[i].kind == opPub {
+				pubs++
+			}
+		}
+		if sh.pendingPubs.Add(int64(-pubs)) <= maxPendingPubs/2 && sh.h.roomWaiting.Load() {
+			sh.h.signalRoom()
+		}
 		clear(items)
 		sh.spare = items[:0]
 	}
