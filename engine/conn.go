@@ -73,6 +73,7 @@ func (c *Conn) Send(f *wsframe.Frame) {
 		f.Release()
 		return
 	}
+	c.reserveLocked()
 	c.queue = append(c.queue, f)
 	c.queued += f.Len()
 	c.writeLocked()
@@ -92,6 +93,7 @@ func (c *Conn) SendBatch(fs []*wsframe.Frame) {
 		}
 		return
 	}
+	c.reserveLocked()
 	for _, f := range fs {
 		c.queue = append(c.queue, f)
 		c.queued += f.Len()
@@ -196,14 +198,31 @@ func (c *Conn) consumeLocked(written int) {
 	c.queue = c.queue[:rest]
 }
 
-// trimQueueLocked lets an idle connection hold no queue memory beyond a
-// small array.
-func (c *Conn) trimQueueLocked() {
-	if cap(c.queue) > 8 {
-		c.queue = nil
-	} else {
-		c.queue = c.queue[:0]
+// queueArray is the pooled backing array of a connection's queue.
+type queueArray [iovMax]*wsframe.Frame
+
+// queuePool recycles queue arrays so that an idle connection holds none and
+// a busy one allocates none.
+var queuePool = sync.Pool{New: func() any { return new(queueArray) }}
+
+// reserveLocked makes sure the queue has a backing array.
+func (c *Conn) reserveLocked() {
+	if c.queue == nil {
+		c.queue = queuePool.Get().(*queueArray)[:0]
 	}
+}
+
+// trimQueueLocked returns an emptied queue's array to the pool. An array
+// that append grew past iovMax did not come from the pool and is left to
+// the garbage collector.
+func (c *Conn) trimQueueLocked() {
+	if len(c.queue) != 0 || c.queue == nil {
+		return
+	}
+	if cap(c.queue) == iovMax {
+		queuePool.Put((*queueArray)(c.queue[:iovMax]))
+	}
+	c.queue = nil
 }
 
 // flush runs on its own goroutine while the socket is full: it hands the
