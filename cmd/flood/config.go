@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/fanout-dev/fanout/codec"
 )
 
 // Modes.
@@ -127,7 +129,7 @@ func newFlagSet(c *Config, hdrs *headerList, srcIPs *string, out io.Writer) *fla
 	fs.Float64Var(&c.ConnectRate, "connect-rate", 1000, "new connections per second, all processes together")
 	fs.DurationVar(&c.Duration, "duration", 10*time.Second, "load phase (connect mode: hold time after the ramp)")
 	fs.DurationVar(&c.ConnectTimeout, "connect-timeout", 10*time.Second, "bound on TCP connect + TLS + upgrade, and on a subscribe reply")
-	fs.DurationVar(&c.ReadTimeout, "read-timeout", 30*time.Second, "bound on receiving the rest of a frame once it started")
+	fs.DurationVar(&c.ReadTimeout, "read-timeout", 30*time.Second, "bound on receiving the rest of a frame once it started, and on a blocked write")
 	fs.DurationVar(&c.Drain, "drain", 5*time.Second, "after the load phase, wait at most this long for in-flight messages")
 	fs.DurationVar(&c.Deadline, "deadline", 0, "hard limit on the whole run (0 = ramp + timeouts + duration + drain + 30s)")
 	fs.StringVar(&c.Channel, "channel", "flood", "channel (fanout protocols)")
@@ -142,7 +144,7 @@ func newFlagSet(c *Config, hdrs *headerList, srcIPs *string, out io.Writer) *fla
 	fs.StringVar(srcIPs, "source-ips", "", "local source addresses to spread connections over: a,b,c or first-last (e.g. 127.0.0.1-127.0.0.8)")
 	fs.IntVar(&c.DialConcurrency, "dial-concurrency", 512, "handshakes in progress at once, per process")
 	fs.BoolVar(&c.Insecure, "insecure", false, "wss: do not verify the server certificate")
-	fs.Var(hdrs, "header", "extra upgrade request header 'Name: value' (repeatable), e.g. 'Authorization: Bearer JWT'")
+	fs.Var(hdrs, "header", "extra upgrade request header `'Name: value'` (repeatable), e.g. 'Authorization: Bearer JWT'")
 	fs.StringVar(&c.JSONFile, "json", "", "write all results, with time series, to this JSON file")
 	fs.StringVar(&c.ReportFile, "report", "", "write a self-contained HTML report to this file")
 	fs.StringVar(&c.Progress, "progress", "auto", "live progress line on stderr: auto (when a terminal)|on|off")
@@ -159,7 +161,7 @@ func newFlagSet(c *Config, hdrs *headerList, srcIPs *string, out io.Writer) *fla
 				line += " " + name
 			}
 			fmt.Fprintf(out, "%-28s %s", line, usage)
-			if f.DefValue != "" && f.DefValue != "0" && f.DefValue != "false" && f.DefValue != "[]" {
+			if f.DefValue != "" && f.DefValue != "0" && f.DefValue != "0s" && f.DefValue != "false" && f.DefValue != "[]" {
 				fmt.Fprintf(out, " (default %s)", f.DefValue)
 			}
 			fmt.Fprintln(out)
@@ -307,8 +309,8 @@ func (c *Config) validate() error {
 	if c.DialConcurrency < 1 || c.DialConcurrency > 100_000 {
 		return errors.New("--dial-concurrency must be 1..100000")
 	}
-	if c.Channel == "" || len(c.Channel) > 200 {
-		return errors.New("--channel must be 1..200 characters")
+	if c.Channel == "" || len(c.Channel) > 200 || (c.fanout() && !codec.ValidChannel([]byte(c.Channel))) {
+		return errors.New("--channel must be 1..200 characters of A-Z a-z 0-9 _ - : . /")
 	}
 	for _, h := range c.Headers {
 		name, _, ok := strings.Cut(h, ":")

@@ -104,6 +104,9 @@ func (d *dialer) srcFor(gid int) net.IP {
 	if len(d.srcIPs) == 0 {
 		return nil
 	}
+	if gid < 0 { // publishers
+		gid = -gid
+	}
 	return d.srcIPs[gid%len(d.srcIPs)]
 }
 

@@ -191,9 +191,9 @@ func (c *Counts) add(o Counts) {
 // counters is the live, atomic form of Counts.
 type counters struct {
 	attempted, connOK, connFail, open, ready, measured, disconnects atomic.Int64
-	sent, acked, pubErr, delivered, recovered                        atomic.Int64
-	gaps, dups, recoverFail, reconnects, reconnectFail, pending      atomic.Int64
-	slowShed, slowDropped, slowOpen                                  atomic.Int64
+	sent, acked, pubErr, delivered, recovered                       atomic.Int64
+	gaps, dups, recoverFail, reconnects, reconnectFail, pending     atomic.Int64
+	slowShed, slowDropped, slowOpen                                 atomic.Int64
 }
 
 func (c *counters) snapshot() Counts {

@@ -43,10 +43,10 @@ type wsConn struct {
 
 	readTimeout time.Duration
 
-	wmu   sync.Mutex // serializes writes
-	wbuf  []byte     // nc write buffer, under wmu
-	cause atomic.Pointer[string]
-	fired atomic.Bool // onClose called
+	wmu     sync.Mutex // serializes writes
+	cause   atomic.Pointer[string]
+	fired   atomic.Bool // onClose called
+	started atomic.Bool // netpoll: close callback registered
 
 	// Reader-side state, touched only by the (single) reader.
 	fragOp ws.OpCode
@@ -83,6 +83,7 @@ func (c *wsConn) startEventDriven() error {
 		c.fireClose()
 		return nil
 	})
+	c.started.Store(true)
 	// SetOnRequest runs the handler at once if bytes already arrived.
 	return c.np.SetOnRequest(c.onRequest)
 }
@@ -111,10 +112,7 @@ func (c *wsConn) readFrameNP(r netpoll.Reader) error {
 	if err != nil {
 		return err
 	}
-	hl, plen, err := frameHeaderLen(h[0], h[1])
-	if err != nil {
-		return err
-	}
+	hl, plen := frameHeaderLen(h[1])
 	if hl > 2 {
 		if h, err = r.Peek(hl); err != nil {
 			return err
@@ -145,9 +143,9 @@ var (
 	errProtocol = errors.New("protocol error")
 )
 
-// frameHeaderLen returns the header length implied by a frame's first two
-// bytes and the 7-bit length field.
-func frameHeaderLen(b0, b1 byte) (hl int, plen byte, err error) {
+// frameHeaderLen returns the header length implied by a frame's second
+// byte (mask bit and 7-bit length) and that length field.
+func frameHeaderLen(b1 byte) (hl int, plen byte) {
 	hl = 2
 	plen = b1 & 0x7f
 	switch plen {
@@ -159,7 +157,7 @@ func frameHeaderLen(b0, b1 byte) (hl int, plen byte, err error) {
 	if b1&0x80 != 0 {
 		hl += 4
 	}
-	return hl, plen, nil
+	return hl, plen
 }
 
 func frameLength(h []byte, plen byte) uint64 {
@@ -234,7 +232,7 @@ func (c *wsConn) readFrameNC(buf *[]byte) error {
 	if err != nil {
 		return err
 	}
-	hl, plen, _ := frameHeaderLen(h[0], h[1])
+	hl, plen := frameHeaderLen(h[1])
 	if h, err = c.br.Peek(hl); err != nil {
 		return err
 	}
@@ -301,6 +299,12 @@ func (c *wsConn) serveUntil(done func() bool, deadline time.Time) error {
 
 // writeFrame writes one masked frame with a FIN bit.
 func (c *wsConn) writeFrame(op ws.OpCode, payload []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.writeFrameLocked(op, payload)
+}
+
+func (c *wsConn) writeFrameLocked(op ws.OpCode, payload []byte) error {
 	n := len(payload)
 	hl := 2 + 4
 	switch {
@@ -309,20 +313,12 @@ func (c *wsConn) writeFrame(op ws.OpCode, payload []byte) error {
 	case n > 125:
 		hl += 2
 	}
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	var buf []byte
-	if c.np != nil {
-		var err error
-		if buf, err = c.np.Malloc(hl + n); err != nil {
-			return err
-		}
-	} else {
-		if cap(c.wbuf) < hl+n {
-			c.wbuf = make([]byte, hl+n)
-		}
-		buf = c.wbuf[:hl+n]
+	bp := getBuf()
+	defer putBuf(bp)
+	if cap(*bp) < hl+n {
+		*bp = make([]byte, hl+n)
 	}
+	buf := (*bp)[:hl+n]
 	buf[0] = 0x80 | byte(op)
 	switch {
 	case n > 0xffff:
@@ -339,35 +335,47 @@ func (c *wsConn) writeFrame(op ws.OpCode, payload []byte) error {
 	copy(buf[hl-4:hl], mask[:])
 	copy(buf[hl:], payload)
 	ws.Cipher(buf[hl:], mask, 0)
+	// netpoll's Write (not Malloc+Flush) holds its flushing lock, which its
+	// close path waits for before it frees the output buffer.
+	var err error
 	if c.np != nil {
-		return c.np.Flush()
-	}
-	_, err := c.nc.Write(buf)
-	if cap(c.wbuf) > 64<<10 {
-		c.wbuf = nil // do not keep a large buffer per connection
+		_, err = c.np.Write(buf)
+	} else {
+		_, err = c.nc.Write(buf)
 	}
 	return err
 }
 
 // closeWith ends the connection from this side: a close frame with code
-// (best effort), then the socket.
+// (best effort: skipped when a write is in progress, which may be blocked
+// on a full socket), then the socket.
 func (c *wsConn) closeWith(code ws.StatusCode, cause string) {
 	c.setCause(cause)
-	if c.nc != nil {
-		_ = c.nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	if c.wmu.TryLock() {
+		if c.nc != nil {
+			_ = c.nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+		} else {
+			_ = c.np.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+		}
+		_ = c.writeFrameLocked(ws.OpClose, ws.NewCloseFrameBody(code, ""))
+		c.wmu.Unlock()
 	}
-	_ = c.writeFrame(ws.OpClose, ws.NewCloseFrameBody(code, ""))
 	c.abort(cause)
 }
 
-// abort closes the socket without a close frame.
+// abort closes the socket without a close frame. onClose runs from the
+// reader (netpoll's close callback, or serve) when there is one, else here.
 func (c *wsConn) abort(cause string) {
 	c.setCause(cause)
 	if c.np != nil {
-		_ = c.np.Close() // netpoll calls the close callback
+		_ = c.np.Close()
+		if !c.started.Load() {
+			c.fireClose()
+		}
 		return
 	}
 	_ = c.nc.Close()
+	c.fireClose() // a paused connection has no reader; serve's is a no-op then
 }
 
 // isTimeout reports whether err is a timeout of any transport.

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Side-by-side run of fanout and the peer servers of bench/peers (gorilla
+# chat hub, gws broadcaster, nbio), all driven by the same flood settings on
+# this machine, in one run. Prints one table and fanout's ratio to the best
+# peer on each column, and leaves the raw JSON under $OUT (default
+# bench/results/compare-<date>).
+#
+#   scripts/compare.sh                 # full run (~6 minutes)
+#   QUICK=1 scripts/compare.sh         # smaller counts, for a smoke test
+#
+# Columns:
+#   idle_B/conn   server RSS growth per idle upgraded connection at $IDLE conns
+#   bcast/s       broadcast deliveries per second, $SUBS subscribers, 128 B, full rate
+#   p99_ms@10/s   broadcast p99 latency, $SUBS subscribers, 10 publications/s
+#   echo/s        echoes per second, $ECHO_CONNS connections, 1 KiB, one in flight each
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+IDLE=${IDLE:-15000}
+SUBS=${SUBS:-10000}
+ECHO_CONNS=${ECHO_CONNS:-1000}
+DUR=${DUR:-10s}
+if [ -n "${QUICK:-}" ]; then IDLE=2000; SUBS=1000; ECHO_CONNS=200; DUR=3s; fi
+OUT=${OUT:-bench/results/compare-$(date -u +%Y%m%dT%H%M%SZ)}
+BIN=$(mktemp -d)
+mkdir -p "$OUT"
+
+echo "building into $BIN" >&2
+go build -o "$BIN/fanout" ./cmd/fanout
+go build -o "$BIN/flood" ./cmd/flood
+go build -o "$BIN/idlerss" ./bench/idlerss
+(cd bench/peers && go build -o "$BIN/" ./...)
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$BIN"; }
+trap cleanup EXIT
+
+# server_cmd NAME MODE PORT -> the command line of that server
+server_cmd() {
+  local name=$1 mode=$2 port=$3
+  case $name in
+    fanout)
+      if [ "$mode" = echo ]; then echo "$BIN/fanout --addr 127.0.0.1:$port --log-level warn --echo"
+      else echo "$BIN/fanout --addr 127.0.0.1:$port --log-level warn"; fi ;;
+    *) echo "$BIN/$name --addr 127.0.0.1:$port --mode $mode" ;;
+  esac
+}
+
+protocol_of() { [ "$1" = fanout ] && [ "$2" != echo ] && echo fanout-json || echo raw; }
+
+wait_port() {
+  for _ in $(seq 100); do
+    if (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "server on port $1 did not start" >&2; return 1
+}
+
+# run_flood NAME MODE PORT JSON ARGS... : start the server, run flood, stop it.
+run_flood() {
+  local name=$1 mode=$2 port=$3 json=$4; shift 4
+  # shellcheck disable=SC2046
+  $(server_cmd "$name" "$mode" "$port") >/dev/null 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  wait_port "$port"
+  "$BIN/flood" "$@" --url "ws://127.0.0.1:$port/ws" --protocol "$(protocol_of "$name" "$mode")" \
+    --progress off --json "$json" >"${json%.json}.txt" 2>&1 || true
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+jget() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))" "$@" 2>/dev/null || echo nan; }
+
+port=9301
+printf '%-8s %14s %12s %14s %10s\n' server idle_B/conn bcast/s p99_ms@10/s echo/s | tee "$OUT/table.txt"
+for name in fanout gorilla gws nbio; do
+  port=$((port + 10))
+  read_first=""; [ "$name" = fanout ] && read_first="--read-first"
+  # shellcheck disable=SC2046
+  "$BIN/idlerss" --addr "127.0.0.1:$port" --conns "$IDLE" --json --name "$name" $read_first -- \
+    $(server_cmd "$name" broadcast "$port") >"$OUT/$name-idle.json" 2>/dev/null || echo '{}' >"$OUT/$name-idle.json"
+  run_flood "$name" broadcast $((port + 1)) "$OUT/$name-bcast.json" broadcast --conns "$SUBS" --connect-rate 5000 --rate 0 --size 128 --duration "$DUR"
+  run_flood "$name" broadcast $((port + 2)) "$OUT/$name-lat.json" broadcast --conns "$SUBS" --connect-rate 5000 --rate 10 --size 128 --duration "$DUR"
+  run_flood "$name" echo $((port + 3)) "$OUT/$name-echo.json" echo --conns "$ECHO_CONNS" --size 1024 --duration "$DUR"
+  idle=$(jget "$OUT/$name-idle.json" "round(d['bytes_per_conn'])")
+  bcast=$(jget "$OUT/$name-bcast.json" "round(d['summary']['delivery_rate'])")
+  p99=$(jget "$OUT/$name-lat.json" "round(d['summary']['latency_ms']['p99'],1)")
+  echo_rate=$(jget "$OUT/$name-echo.json" "round(d['summary']['delivery_rate'])")
+  printf '%-8s %14s %12s %14s %10s\n' "$name" "$idle" "$bcast" "$p99" "$echo_rate" | tee -a "$OUT/table.txt"
+done
+
+python3 - "$OUT" <<'PY' | tee -a "$OUT/table.txt"
+import sys
+rows = {}
+for line in open(sys.argv[1] + "/table.txt").read().splitlines()[1:]:
+    f = line.split()
+    if len(f) == 5:
+        rows[f[0]] = [float(x) if x != "nan" else float("nan") for x in f[1:]]
+if "fanout" not in rows:
+    sys.exit()
+fan = rows.pop("fanout")
+lower_is_better = [True, False, True, False]
+out = []
+for i, low in enumerate(lower_is_better):
+    peers = [r[i] for r in rows.values() if r[i] == r[i]]
+    if not peers or fan[i] != fan[i]:
+        out.append("nan"); continue
+    best = min(peers) if low else max(peers)
+    ratio = (best / fan[i]) if low else (fan[i] / best)
+    out.append(f"{ratio:.2f}")
+print("%-8s %14s %12s %14s %10s" % ("ratio", *out))
+print("ratio = fanout vs the best peer on that column; >= 1.0 means fanout is ahead")
+PY
+echo "raw results in $OUT" >&2
