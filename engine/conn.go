@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -29,6 +30,11 @@ const (
 // "reader"; any goroutine may Send, and the write queue is guarded by wmu.
 // An idle connection holds no goroutine, timer, map or buffer of its own.
 type Conn struct {
+	// Context is what onPrepare hands netpoll as the connection's context:
+	// the Conn itself, so onRequest finds it with a type assertion and no
+	// per-connection context value is allocated.
+	context.Context
+
 	srv  *Server
 	nc   netpoll.Connection
 	fd   int

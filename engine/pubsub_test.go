@@ -372,7 +372,7 @@ func TestStalledReaderAmongThousand(t *testing.T) {
 	// rather than in loopback's multi-megabyte socket buffers; a long write
 	// timeout so that the stalled reader, when it finally reads, finds the
 	// close frame rather than a dropped socket.
-	s := startServer(t, Config{WriteQueueBytes: 256 << 10, SendBufferBytes: 8 << 10, WriteTimeout: time.Minute})
+	s := startServer(t, Config{WriteQueueBytes: 256 << 10, SendBufferBytes: 8 << 10, WriteTimeout: 5 * time.Minute})
 	// The stalled reader: a raw socket with a tiny receive buffer that the
 	// test never reads after subscribing.
 	stalled := dialRaw(t, s)
@@ -399,7 +399,7 @@ func TestStalledReaderAmongThousand(t *testing.T) {
 			ready.Done()
 			next := 1.0
 			for next <= pubs {
-				_ = c.c.SetReadDeadline(time.Now().Add(20 * time.Second))
+				_ = c.c.SetReadDeadline(time.Now().Add(90 * time.Second))
 				_, b, err := c.c.ReadMessage()
 				if err != nil {
 					results <- result{int(next), err}
@@ -438,7 +438,8 @@ func TestStalledReaderAmongThousand(t *testing.T) {
 		}
 	}
 	// Now drain the stalled reader: after its backlog it finds close 1008.
-	_ = stalled.nc.SetReadDeadline(time.Now().Add(20 * time.Second))
+	t.Logf("slow consumers so far: %d", s.stats.slowConsumers.Load())
+	_ = stalled.nc.SetReadDeadline(time.Now().Add(90 * time.Second))
 	stalled.expectClose(1008)
 	if n := s.stats.slowConsumers.Load(); n != 1 {
 		t.Fatalf("slow consumers closed: %d, want 1", n)

@@ -17,7 +17,7 @@ import (
 // complete frame, blocks in Peek (bounded by FrameTimeout) for the rest of a
 // started one, and discards input once closing.
 func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
-	c, _ := ctx.Value(connKey{}).(*Conn)
+	c, _ := ctx.(*Conn)
 	if c == nil {
 		return nc.Close()
 	}

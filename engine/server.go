@@ -54,8 +54,6 @@ type Server struct {
 	closeOnce sync.Once
 }
 
-type connKey struct{}
-
 // configureNetpoll tunes netpoll once per process for many mostly idle
 // sockets instead of RPC: see doc.go ("Tuning netpoll").
 var configureNetpoll sync.Once
@@ -218,7 +216,7 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 		_ = nc.Close()
 		return context.Background()
 	}
-	c := &Conn{srv: s, nc: nc}
+	c := &Conn{Context: context.Background(), srv: s, nc: nc}
 	if f, ok := nc.(interface{ Fd() int }); ok {
 		c.fd = f.Fd()
 		if n := s.cfg.SendBufferBytes; n > 0 {
@@ -233,7 +231,7 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 	})
 	s.registry.add(c)
 	s.stats.accepted.Add(1)
-	return context.WithValue(context.Background(), connKey{}, c)
+	return c
 }
 
 // connClosed runs once per connection after its socket closed.

@@ -102,9 +102,9 @@ type shard struct {
 
 	pendingPubs atomic.Int64 // opPub items queued and not yet processed
 	deliveries  atomic.Uint64
-	sends      atomic.Uint64
-	batches    atomic.Uint64
-	_          [64]byte
+	sends       atomic.Uint64
+	batches     atomic.Uint64
+	_           [64]byte
 }
 
 func newShard(h *Hub, id int) *shard {
