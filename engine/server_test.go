@@ -457,19 +457,32 @@ func TestShutdownSends1012WithRetryHint(t *testing.T) {
 }
 
 func TestShutdownTimesOutWithCtxErr(t *testing.T) {
-	s := startServer(t, Config{})
+	s := startServer(t, Config{APIKey: "k"})
+	ws := dialRaw(t, s)
+	ws.upgrade()
+	ws.readFrame()
+	// An HTTP request whose body never completes keeps net/http busy, so
+	// the drain cannot finish before the deadline.
 	c := dialRaw(t, s)
-	c.upgrade()
-	c.readFrame()
-	// The client never answers the close frame and keeps the socket open;
-	// the server closes its side once the close frame is written, so
-	// Shutdown finishes. Block the drain instead with a never-reading HTTP
-	// client: an in-flight request keeps http.Server.Shutdown waiting.
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if err := s.Shutdown(ctx); !errors.Is(err, context.Canceled) && err != nil {
-		t.Fatalf("Shutdown with a done context: %v", err)
+	c.write([]byte("POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\nContent-Length: 100\r\n\r\n{"))
+	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if s.stats.httpConns.Load() == 0 {
+			return errors.New("request not handed to net/http yet")
+		}
+		return nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if err := s.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown = %v, want context.DeadlineExceeded", err)
 	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("Shutdown returned after %v", d)
+	}
+	// The WebSocket client was told to come back later.
+	ws.expectClose(1012)
+	// Everything is closed now; a second Shutdown is a no-op.
 	if err := s.Shutdown(context.Background()); err != nil {
 		t.Fatalf("second Shutdown: %v", err)
 	}
