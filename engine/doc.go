@@ -50,4 +50,21 @@
 // onRequest, so an idle connection holds no goroutine. Writes bypass
 // netpoll's output buffer on the fast path (direct writev on the socket), so
 // its 32-entry barrier is only used by a flusher waiting for a full socket.
+//
+// # Designed for what comes next
+//
+//   - permessage-deflate: a publication is compressed once per encoding, next
+//     to its plain frame (wsframe.Frame carries whole frames, so a compressed
+//     one is just another frame with RSV1 set); parseHeader then accepts RSV1
+//     on connections that negotiated the extension in the upgrader's
+//     Negotiate callback.
+//   - JWT auth and limits: the upgrader's OnRequest/OnHeader callbacks already
+//     see the query string and headers before the 101; a token check returns
+//     a ws.RejectConnectionError with 401, and the claims land in
+//     Conn.info.User and a per-connection permission set consulted by
+//     protocol.go. Rate limits hang off the same Conn.
+//   - TLS: netpoll has no TLS; the plan is TLS termination in front (or a
+//     crypto/tls listener feeding the same handler with a goroutine per
+//     connection, opt-in), keeping the event loop for plain sockets.
+//   - A NATS cluster: hub.Broker is the seam; engine does not change.
 package engine
