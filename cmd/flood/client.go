@@ -74,6 +74,13 @@ func (c *client) onMessage(w *wsConn, _ ws.OpCode, p []byte) {
 		c.onRaw(w, p)
 		return
 	}
+	// Nearly every message is a pub push: read it in place, without the
+	// copies DecodeServerMessage makes (data aliases p, which onPub does
+	// not keep).
+	if offset, data, ok := codec.ScanPub(c.a.proto.enc, p); ok {
+		c.onPub(w, offset, data)
+		return
+	}
 	var m codec.ServerMessage
 	if err := codec.DecodeServerMessage(c.a.proto.enc, p, &m); err != nil {
 		c.a.decodeErrs.add("undecodable_message", 1)
@@ -108,7 +115,7 @@ func (c *client) onRaw(w *wsConn, p []byte) {
 			return
 		}
 		if c.measure.Load() && a.measuring() {
-			a.deliver(c.gid, t)
+			a.deliver(c.gid, t, w.rxTime)
 		}
 	case rolePub:
 		if t != 0 && tag == c.tag {
@@ -138,7 +145,7 @@ func (c *client) onPub(w *wsConn, offset uint64, data []byte) {
 		}
 		c.mu.Unlock()
 		if t > 0 && c.role == roleSub && c.measure.Load() && a.measuring() {
-			a.deliver(c.gid, t)
+			a.deliver(c.gid, t, w.rxTime)
 		}
 	case roleEcho:
 		if t > 0 {
@@ -294,7 +301,7 @@ func (c *client) echoed(w *wsConn, t int64) {
 		return
 	}
 	a.ctr.pending.Add(-1)
-	a.deliver(c.gid, t)
+	a.deliver(c.gid, t, w.rxTime)
 	if a.running() {
 		c.sendEcho(w)
 	}

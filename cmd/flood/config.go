@@ -74,6 +74,9 @@ type Config struct {
 	JSONFile        string        `json:"-"`
 	ReportFile      string        `json:"-"`
 	Progress        string        `json:"-"`
+	// CPUProfile (hidden flag --cpuprofile) makes every process that holds
+	// connections write a CPU profile of its load phase to CPUProfile.<index>.
+	CPUProfile string `json:"cpu_profile,omitempty"`
 
 	// WorkerIndex is -1 in the coordinator; a worker process gets its index
 	// from the hidden --worker-index flag and the rest of its config on stdin.
@@ -149,10 +152,11 @@ func newFlagSet(c *Config, hdrs *headerList, srcIPs *string, out io.Writer) *fla
 	fs.StringVar(&c.ReportFile, "report", "", "write a self-contained HTML report to this file")
 	fs.StringVar(&c.Progress, "progress", "auto", "live progress line on stderr: auto (when a terminal)|on|off")
 	fs.IntVar(&c.WorkerIndex, "worker-index", -1, "internal: run as worker process i")
+	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "internal: write each process's load-phase CPU profile to FILE.<index>")
 	fs.Usage = func() {
 		fmt.Fprint(out, usageText)
 		fs.VisitAll(func(f *flag.Flag) {
-			if f.Name == "worker-index" {
+			if f.Name == "worker-index" || f.Name == "cpuprofile" {
 				return
 			}
 			name, usage := flag.UnquoteUsage(f)

@@ -61,11 +61,16 @@
 // # Scale
 //
 // Plain ws:// connections are netpoll connections read event-driven: no
-// goroutine per socket; netpoll's pool runs the frame reader when bytes
-// arrive. Each process holds up to its open-file limit minus a reserve (on
-// a machine with a limit of 20,000 that is about 19,800 sockets). wss://
-// and the non-reading subscribers of slow mode use a net.Conn and, while
-// reading, a goroutine each.
+// goroutine per socket; when bytes arrive netpoll's poller runs the frame
+// reader itself (in echo mode, which sends from the reader, a pool
+// goroutine does). The reader never blocks and handles pub pushes without
+// allocating; one read takes up to 4 KiB, so several frames when the
+// server coalesces them. Each process holds up to its open-file limit
+// minus a reserve (on a machine with a limit of 20,000 that is about
+// 19,800 sockets). wss:// and the non-reading subscribers of slow mode use
+// a net.Conn and, while reading, a goroutine each. The hidden flag
+// --cpuprofile FILE makes each process write a CPU profile of its load
+// phase to FILE.<worker index>.
 //
 // --procs K (default 0: as many as the open-file limit needs) re-executes
 // the flood binary K times as worker processes (hidden flag

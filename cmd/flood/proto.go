@@ -166,15 +166,22 @@ func dataTime(enc codec.Encoding, data []byte) (int64, bool) {
 
 // jsonObjectInt finds key's integer value in a flat JSON object such as
 // {"t":123,"p":"xx"}. It is a scan, not a parser: in JSON a quote inside a
-// string is escaped, so `"t"` followed by ':' can only be a key.
+// string is escaped, so `"t"` followed by ':' can only be a key. (It looks
+// for key and checks the quotes around it rather than building `"t"`: a
+// string built per message cost more than the scan.)
 func jsonObjectInt(b []byte, key string) (int64, bool) {
-	pat := `"` + key + `"`
 	for i := 0; ; {
-		j := bytes.Index(b[i:], []byte(pat))
+		j := bytes.Index(b[i:], []byte(key))
 		if j < 0 {
 			return 0, false
 		}
-		k := i + j + len(pat)
+		start := i + j
+		k := start + len(key)
+		if start == 0 || b[start-1] != '"' || k >= len(b) || b[k] != '"' {
+			i = start + 1
+			continue
+		}
+		k++
 		for k < len(b) && isJSONSpace(b[k]) {
 			k++
 		}

@@ -22,7 +22,8 @@ import (
 const maxMessage = 64 << 20
 
 // handler receives a connection's events. onMessage's payload is only valid
-// during the call. onClose is called exactly once.
+// during the call; c.rxTime is when it was read. onClose is called exactly
+// once.
 type handler interface {
 	onMessage(c *wsConn, op ws.OpCode, payload []byte)
 	onClose(c *wsConn, cause string)
@@ -31,10 +32,10 @@ type handler interface {
 // wsConn is the client side of one WebSocket connection.
 //
 // Plain ws:// connections are netpoll connections read event-driven: no
-// goroutine waits on an idle socket; netpoll runs onRequest (from its pool)
-// when bytes arrive, and onRequest consumes every complete frame. wss:// and
-// the non-reading subscribers of slow mode use a net.Conn instead, read by
-// a goroutine (serve) when reading at all.
+// goroutine waits on an idle socket; netpoll runs onRequest when bytes
+// arrive, and onRequest consumes all of them without ever blocking (see
+// configureNetpoll). wss:// and the non-reading subscribers of slow mode use
+// a net.Conn instead, read by a goroutine (serve) when reading at all.
 type wsConn struct {
 	h  handler
 	np netpoll.Connection // event-driven transport, or nil
@@ -48,9 +49,22 @@ type wsConn struct {
 	fired   atomic.Bool // onClose called
 	started atomic.Bool // netpoll: close callback registered
 
+	// partialSince is when the bytes held in partial started to arrive
+	// (unix ns; 0 when none): a frame must be complete within readTimeout
+	// (see expireStalled).
+	partialSince atomic.Int64
+
 	// Reader-side state, touched only by the (single) reader.
-	fragOp ws.OpCode
-	frag   []byte
+	//
+	// rxTime is when the input being handled was read (unix ns): the clock
+	// is read once per read, not per frame, as all the frames of one read
+	// arrived before it (and at full rate a clock read per frame was a
+	// noticeable part of the client's cost).
+	rxTime  int64
+	fragOp  ws.OpCode
+	frag    []byte
+	partial []byte // netpoll: the start of a frame that has not fully arrived
+	closing bool   // netpoll: a close frame was received; the rest is ignored
 }
 
 var errClosed = errors.New("connection closed")
@@ -88,51 +102,153 @@ func (c *wsConn) startEventDriven() error {
 	return c.np.SetOnRequest(c.onRequest)
 }
 
-// onRequest is netpoll's callback: it consumes every complete frame. netpoll
-// calls it again while unread input remains, so returning with a partial
-// frame buffered would make it spin; readFrame instead blocks in Next until
-// the rest of the frame arrives (bounded by the read timeout).
+// onRequest is netpoll's callback. It never blocks, so that it can run on
+// netpoll's poller goroutine itself (configureNetpoll): it handles every
+// complete frame in place (no copy), keeps the bytes of a frame that has not
+// fully arrived in c.partial and so consumes all input. Waiting in the poller
+// for the rest of a frame would stall every connection of that poller.
 func (c *wsConn) onRequest(_ context.Context, conn netpoll.Connection) error {
 	r := conn.Reader()
-	for r.Len() > 0 {
-		if err := c.readFrameNP(r); err != nil {
-			if !errors.Is(err, errClosed) {
-				c.setCause(causeOfReadErr(err))
-			}
-			_ = conn.Close()
-			return err
-		}
+	c.rxTime = time.Now().UnixNano()
+	err := c.readAvailable(r)
+	if errors.Is(err, errClosed) {
+		// A close frame: the goroutine that answers it closes the socket
+		// (reply); anything after it is ignored.
+		c.closing = true
+		err = r.Skip(r.Len())
+	}
+	if err != nil {
+		c.setCause(causeOfReadErr(err))
+		_ = conn.Close()
+		return err
 	}
 	return r.Release()
 }
 
-// readFrameNP reads one frame from netpoll's nocopy reader.
-func (c *wsConn) readFrameNP(r netpoll.Reader) error {
-	h, err := r.Peek(2)
-	if err != nil {
-		return err
-	}
-	hl, plen := frameHeaderLen(h[1])
-	if hl > 2 {
-		if h, err = r.Peek(hl); err != nil {
+// maxHeaderLen is the longest frame header: 2 bytes, a 64-bit length and
+// a mask key.
+const maxHeaderLen = 2 + 8 + 4
+
+// readAvailable handles the frames in netpoll's input buffer.
+func (c *wsConn) readAvailable(r netpoll.Reader) error {
+	for {
+		n := r.Len()
+		if n == 0 {
+			return nil
+		}
+		if c.closing {
+			return r.Skip(n)
+		}
+		if len(c.partial) > 0 {
+			done, err := c.readPartial(r, n)
+			if !done || err != nil {
+				return err
+			}
+			continue
+		}
+		h, err := r.Peek(min(n, maxHeaderLen))
+		if err != nil {
+			return err
+		}
+		hl, length, ok := parseFrameHeader(h)
+		if ok && length > maxMessage {
+			return errTooLarge
+		}
+		if !ok || uint64(n-hl) < length {
+			// The rest of this frame is still to come: keep what there is
+			// (all of it is this frame's).
+			c.partialSince.Store(time.Now().UnixNano())
+			b, err := r.Next(n)
+			if err != nil {
+				return err
+			}
+			c.partial = append(c.partial, b...)
+			return nil
+		}
+		frame, err := r.Next(hl + int(length))
+		if err != nil {
+			return err
+		}
+		if err := c.handleFrameBytes(frame, hl); err != nil {
 			return err
 		}
 	}
-	length := frameLength(h, plen)
-	if length > maxMessage {
-		return errTooLarge
+}
+
+// readPartial moves up to n available bytes to c.partial, the start of a
+// frame, but no byte past that frame's end: the frames after it are read in
+// place again. done reports that the frame was completed (and handled).
+func (c *wsConn) readPartial(r netpoll.Reader, n int) (done bool, err error) {
+	for n > 0 {
+		p := c.partial
+		var need int
+		if len(p) < 2 {
+			need = 2 - len(p)
+		} else if hl, _ := frameHeaderLen(p[1]); len(p) < hl {
+			need = hl - len(p)
+		} else {
+			hl, length, _ := parseFrameHeader(p)
+			if length > maxMessage {
+				return false, errTooLarge
+			}
+			need = hl + int(length) - len(p)
+		}
+		if need == 0 {
+			break
+		}
+		b, err := r.Next(min(n, need))
+		if err != nil {
+			return false, err
+		}
+		n -= len(b)
+		c.partial = append(c.partial, b...)
 	}
-	b0, masked := h[0], h[1]&0x80 != 0
-	var mask [4]byte
-	if masked {
-		copy(mask[:], h[hl-4:hl])
+	hl, length, ok := parseFrameHeader(c.partial)
+	if !ok || uint64(len(c.partial)-hl) < length {
+		return false, nil // n was not enough
 	}
-	buf, err := r.Next(hl + int(length))
-	if err != nil {
-		return err
+	frame := c.partial
+	if cap(frame) > partialKeep {
+		c.partial = nil // do not hold a large frame's buffer on an idle connection
+	} else {
+		c.partial = frame[:0]
 	}
-	payload := buf[hl:]
-	if masked {
+	c.partialSince.Store(0)
+	return true, c.handleFrameBytes(frame, hl)
+}
+
+// partialKeep bounds the buffer a connection keeps for split frames.
+const partialKeep = 4 << 10
+
+// expireStalled closes the connection (cause read_timeout) when the rest of
+// a started frame has not arrived within the read timeout. The agent calls
+// it periodically: the non-blocking reader has no timer of its own.
+func (c *wsConn) expireStalled(now int64) {
+	if since := c.partialSince.Load(); since != 0 && now-since > int64(c.readTimeout) {
+		c.abort("read_timeout")
+	}
+}
+
+// parseFrameHeader reads a frame header at the start of b: its length and
+// the payload length. ok is false when b does not hold the whole header.
+func parseFrameHeader(b []byte) (hl int, length uint64, ok bool) {
+	if len(b) < 2 {
+		return 0, 0, false
+	}
+	hl, plen := frameHeaderLen(b[1])
+	if len(b) < hl {
+		return 0, 0, false
+	}
+	return hl, frameLength(b, plen), true
+}
+
+// handleFrameBytes unmasks (if masked) and handles one complete frame
+// whose header is hl bytes long.
+func (c *wsConn) handleFrameBytes(frame []byte, hl int) error {
+	b0, payload := frame[0], frame[hl:]
+	if frame[1]&0x80 != 0 {
+		var mask [4]byte
+		copy(mask[:], frame[hl-4:hl])
 		ws.Cipher(payload, mask, 0)
 	}
 	return c.handleFrame(b0&0x80 != 0, b0&0x70, ws.OpCode(b0&0x0f), payload)
@@ -179,7 +295,7 @@ func (c *wsConn) handleFrame(fin bool, rsv byte, op ws.OpCode, payload []byte) e
 	}
 	switch op {
 	case ws.OpPing:
-		_ = c.writeFrame(ws.OpPong, payload)
+		c.reply(ws.OpPong, payload)
 	case ws.OpPong:
 	case ws.OpClose:
 		code := ws.StatusNoStatusRcvd
@@ -188,9 +304,9 @@ func (c *wsConn) handleFrame(fin bool, rsv byte, op ws.OpCode, payload []byte) e
 		}
 		c.setCause("close_" + strconv.Itoa(int(code)))
 		if len(payload) >= 2 {
-			_ = c.writeFrame(ws.OpClose, payload[:2])
+			c.reply(ws.OpClose, payload[:2])
 		} else {
-			_ = c.writeFrame(ws.OpClose, nil)
+			c.reply(ws.OpClose, nil)
 		}
 		return errClosed
 	case ws.OpText, ws.OpBinary:
@@ -226,6 +342,25 @@ func (c *wsConn) handleFrame(fin bool, rsv byte, op ws.OpCode, payload []byte) e
 	return nil
 }
 
+// reply answers a ping or a close frame. The blocking transport's reader
+// writes the answer itself. netpoll's reader may be the poller goroutine,
+// which must not wait for socket space (netpoll waits for it through that
+// very poller) nor for wmu (held by a writer that may be waiting so): a
+// goroutine writes the answer and, after a close frame, closes the socket.
+func (c *wsConn) reply(op ws.OpCode, payload []byte) {
+	if c.np == nil {
+		_ = c.writeFrame(op, payload)
+		return
+	}
+	p := append([]byte(nil), payload...)
+	go func() {
+		_ = c.writeFrame(op, p)
+		if op == ws.OpClose {
+			_ = c.np.Close()
+		}
+	}()
+}
+
 // readFrameNC reads and handles one frame from the blocking transport.
 func (c *wsConn) readFrameNC(buf *[]byte) error {
 	h, err := c.br.Peek(2)
@@ -258,6 +393,7 @@ func (c *wsConn) readFrameNC(buf *[]byte) error {
 	if masked {
 		ws.Cipher(payload, mask, 0)
 	}
+	c.rxTime = time.Now().UnixNano()
 	return c.handleFrame(b0&0x80 != 0, b0&0x70, ws.OpCode(b0&0x0f), payload)
 }
 
