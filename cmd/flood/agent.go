@@ -112,10 +112,15 @@ var netpollOnce sync.Once
 // goroutine instead of handing each readable event to a pool goroutine.
 // With broadcast traffic every message to every subscriber is its own
 // event, and that handoff (a goroutine start and a scheduler wake-up) cost
-// more than reading and timing the message. It is safe because onRequest
-// never blocks (see wsConn.onRequest) and, except in echo mode, nothing
-// that a callback does waits on a socket: echo clients send from the
-// callback, and a write that waits for socket space waits for the poller.
+// more than reading and timing the message (a long-lived worker fed by a
+// channel saved only part of it). The poller must never wait for anything
+// that needs the poller, so: onRequest never blocks (wsConn.onRequest);
+// except in echo mode (echo clients send from the callback, and a write
+// that waits for socket space waits for the poller, so echo uses the pool)
+// no callback writes (pings and close frames are answered by a goroutine:
+// wsConn.reply); and started connections are never closed with Close but
+// with wsConn.shutdown, as Close during a callback makes netpoll free the
+// connection's poller state from that callback, which waits for the poller.
 var inlineCallbacks atomic.Bool
 
 // readBufferSize is the size of a connection's netpoll input buffer nodes,

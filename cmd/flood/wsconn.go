@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/cloudwego/netpoll"
@@ -48,6 +49,10 @@ type wsConn struct {
 	cause   atomic.Pointer[string]
 	fired   atomic.Bool // onClose called
 	started atomic.Bool // netpoll: close callback registered
+	shut    atomic.Bool // netpoll: shutdown called; input is ignored
+
+	fdmu     sync.Mutex // netpoll: held by shutdown while it uses the descriptor
+	fdClosed bool       // netpoll: the close callbacks ran (the descriptor is closing)
 
 	// partialSince is when the bytes held in partial started to arrive
 	// (unix ns; 0 when none): a frame must be complete within readTimeout
@@ -94,6 +99,12 @@ func (c *wsConn) startEventDriven() error {
 	_ = c.np.SetReadTimeout(c.readTimeout)
 	_ = c.np.SetWriteTimeout(c.readTimeout)
 	_ = c.np.AddCloseCallback(func(netpoll.Connection) error {
+		// netpoll closes the descriptor after this callback (it was added
+		// after netpoll's own, and they run newest first): shutdown must
+		// not use it from now on, as the number may be reused at once.
+		c.fdmu.Lock()
+		c.fdClosed = true
+		c.fdmu.Unlock()
 		c.fireClose()
 		return nil
 	})
@@ -119,7 +130,9 @@ func (c *wsConn) onRequest(_ context.Context, conn netpoll.Connection) error {
 	}
 	if err != nil {
 		c.setCause(causeOfReadErr(err))
-		_ = conn.Close()
+		c.shutdown()
+		_ = r.Skip(r.Len()) // netpoll calls onRequest again while input remains
+		_ = r.Release()
 		return err
 	}
 	return r.Release()
@@ -136,7 +149,7 @@ func (c *wsConn) readAvailable(r netpoll.Reader) error {
 		if n == 0 {
 			return nil
 		}
-		if c.closing {
+		if c.closing || c.shut.Load() {
 			return r.Skip(n)
 		}
 		if len(c.partial) > 0 {
@@ -356,7 +369,7 @@ func (c *wsConn) reply(op ws.OpCode, payload []byte) {
 	go func() {
 		_ = c.writeFrame(op, p)
 		if op == ws.OpClose {
-			_ = c.np.Close()
+			c.shutdown()
 		}
 	}()
 }
@@ -504,14 +517,36 @@ func (c *wsConn) closeWith(code ws.StatusCode, cause string) {
 func (c *wsConn) abort(cause string) {
 	c.setCause(cause)
 	if c.np != nil {
-		_ = c.np.Close()
-		if !c.started.Load() {
-			c.fireClose()
+		if c.started.Load() {
+			c.shutdown()
+			return
 		}
+		_ = c.np.Close()
+		c.fireClose()
 		return
 	}
 	_ = c.nc.Close()
 	c.fireClose() // a paused connection has no reader; serve's is a no-op then
+}
+
+// shutdown ends a started netpoll connection by shutting its socket down:
+// netpoll's poller sees the hang-up and closes the connection from a
+// goroutine of its own, which runs the close callbacks. Close instead runs
+// them in whichever goroutine runs the connection's callback at the time;
+// when that is the poller itself (runCallback), netpoll's own close
+// callback waits for the poller to finish the event it is in: forever.
+func (c *wsConn) shutdown() {
+	c.shut.Store(true)
+	c.fdmu.Lock()
+	defer c.fdmu.Unlock()
+	if c.fdClosed {
+		return // closed already; the descriptor may be another socket's now
+	}
+	if fc, ok := c.np.(interface{ Fd() int }); ok {
+		// An error means that the socket is not connected any more, which
+		// the poller reports as a hang-up too.
+		_ = syscall.Shutdown(fc.Fd(), syscall.SHUT_RDWR)
+	}
 }
 
 // isTimeout reports whether err is a timeout of any transport.

@@ -201,3 +201,66 @@ func TestReceivePubNoAllocs(t *testing.T) {
 		}
 	}
 }
+
+// closingHandler aborts its connection from within the first onMessage
+// (on netpoll's poller, with inline callbacks) and reports onClose.
+type closingHandler struct {
+	closed chan string
+}
+
+func (h *closingHandler) onMessage(w *wsConn, _ ws.OpCode, _ []byte) { w.abort("test_abort") }
+func (h *closingHandler) onClose(_ *wsConn, cause string)            { h.closed <- cause }
+
+// TestCloseFromInlineCallback: closing a connection while its callback
+// runs on the poller must not stall the poller (netpoll's Close would make
+// the callback wait for the poller itself: see wsConn.shutdown), and every
+// connection of that poller keeps working.
+func TestCloseFromInlineCallback(t *testing.T) {
+	configureNetpoll()
+	prev := inlineCallbacks.Load()
+	inlineCallbacks.Store(true)
+	defer inlineCallbacks.Store(prev)
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				for i := 0; i < 50; i++ {
+					if _, err := c.Write(serverFrame(true, ws.OpText, []byte("m"), false)); err != nil {
+						return
+					}
+					time.Sleep(time.Millisecond)
+				}
+				_, _ = c.Read(make([]byte, 1)) // until the client closes
+			}()
+		}
+	}()
+	for i := 0; i < 20; i++ {
+		conn, err := netpoll.DialConnection("tcp", ln.Addr().String(), time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := &closingHandler{closed: make(chan string, 1)}
+		w := &wsConn{h: h, np: conn, readTimeout: time.Second}
+		if err := w.startEventDriven(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case cause := <-h.closed:
+			if cause != "test_abort" {
+				t.Fatalf("connection %d: cause %q", i, cause)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("connection %d: not closed within 5s (poller stalled?)", i)
+		}
+	}
+}
