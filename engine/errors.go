@@ -60,7 +60,6 @@ var (
 	errNotObject        = &CloseError{CloseInvalidPayload, "message does not decode as an object"}
 	errSlowConsumer     = &CloseError{ClosePolicy, "slow consumer"}
 	errTooBig           = &CloseError{CloseTooBig, "message too big"}
-	errInternal         = &CloseError{CloseInternal, "internal error"}
 )
 
 // validCloseCode reports whether a client may send code in a close frame
