@@ -110,6 +110,8 @@ func (cl *Client) Close() error {
 		return nil
 	}
 	cl.closed = true
+	from := cl.state
+	cl.state = StateClosed // with closed: see shutdown
 	close(cl.closeCh)
 	cl.cancel()
 	cn := cl.conn
@@ -123,7 +125,9 @@ func (cl *Client) Close() error {
 		cn.shutdown(CloseNormal, "")
 	}
 	<-cl.loopDone
-	cl.setState(StateClosed, nil, 0)
+	if from != StateClosed {
+		cl.queueStateChange(StateChange{From: from, To: StateClosed})
+	}
 	return nil
 }
 
@@ -272,16 +276,22 @@ func (cl *Client) shutdown(reason error) {
 	}
 	cl.closed = true
 	cl.reason = reason
+	// The state changes with closed, under the same lock: whoever sees a
+	// call fail with ErrClosed or a subscription end sees StateClosed.
+	from := cl.state
+	cl.state = StateClosed
 	close(cl.closeCh)
 	cl.cancel()
 	subs := cl.takeSubsLocked()
 	cl.mu.Unlock()
+	if from != StateClosed {
+		cl.queueStateChange(StateChange{From: from, To: StateClosed, Err: reason})
+	}
 	err := cl.closedError()
 	for _, s := range subs {
 		s.end(err, false)
 	}
 	cl.log.Info("fanout: client closed", "url", cl.url, "err", reason)
-	cl.setState(StateClosed, reason, 0)
 }
 
 // setState records a state change and queues it for OnStateChange.
@@ -294,11 +304,16 @@ func (cl *Client) setState(to State, err error, delay time.Duration) {
 	}
 	cl.state = to
 	cl.mu.Unlock()
+	cl.queueStateChange(StateChange{From: from, To: to, Err: err, Delay: delay})
+}
+
+// queueStateChange queues ev for OnStateChange.
+func (cl *Client) queueStateChange(ev StateChange) {
 	if cl.opts.OnStateChange == nil {
 		return
 	}
 	cl.notifyMu.Lock()
-	cl.notifyQ = append(cl.notifyQ, StateChange{From: from, To: to, Err: err, Delay: delay})
+	cl.notifyQ = append(cl.notifyQ, ev)
 	if !cl.notifying {
 		cl.notifying = true
 		go cl.notify()
