@@ -18,7 +18,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// maxPublishBody bounds a POST /api/publish body.
+// maxPublishBodyOverhead is what a POST /api/publish body may hold beyond
+// MaxMessageBytes of data: the JSON envelope and channel name.
 const maxPublishBodyOverhead = 4 << 10
 
 // httpHandler routes the ordinary HTTP requests of the port.

@@ -50,12 +50,8 @@ func (s *Server) handleCommand(c *Conn, op ws.OpCode, msg []byte) *CloseError {
 
 func (s *Server) subscribe(c *Conn, cmd *codec.Command) {
 	ch := string(cmd.Channel)
-	for _, sub := range c.subs {
-		if sub == ch {
-			s.replyError(c, cmd, codec.CodeBadRequest, "already subscribed to "+ch)
-			return
-		}
-	}
+	// The hub is the one place that knows subscriptions; it answers a
+	// duplicate with ErrAlreadySubscribed.
 	req := hub.SubscribeRequest{ID: cmd.ID, HasID: cmd.HasID, Channel: ch, Presence: cmd.Presence}
 	if cmd.HasRecover {
 		req.Recover = &codec.StreamPosition{Epoch: string(cmd.RecoverEpoch), Offset: cmd.RecoverOffset}
