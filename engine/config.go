@@ -29,6 +29,12 @@ type Config struct {
 	// FrameTimeout bounds the time to receive the rest of a frame once its
 	// first byte arrived. If zero, 10 s.
 	FrameTimeout time.Duration
+	// CloseTimeout is how long a socket waits, once its close frame (or a
+	// rejected handshake's response) is written and its sending side shut
+	// down, for the peer to close its side; then it is dropped. Closing
+	// before the peer stops sending would reset the connection and could
+	// destroy the close frame before the peer reads it. If zero, 2 s.
+	CloseTimeout time.Duration
 	// WriteTimeout bounds a blocked write to one connection; when it passes
 	// the connection is dropped. If zero, 10 s.
 	WriteTimeout time.Duration
@@ -92,6 +98,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.FrameTimeout <= 0 {
 		c.FrameTimeout = 10 * time.Second
+	}
+	if c.CloseTimeout <= 0 {
+		c.CloseTimeout = 2 * time.Second
 	}
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = 10 * time.Second

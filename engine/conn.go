@@ -20,6 +20,7 @@ import (
 const (
 	stateHandshake uint32 = iota // accepted, upgrade request not yet complete
 	stateHTTP                    // handed to net/http
+	stateRejected                // handshake refused; the response is on its way
 	stateOpen                    // upgraded WebSocket
 	stateClosing                 // close frame queued; input is discarded
 	stateClosed                  // socket closed, resources freed
@@ -43,9 +44,30 @@ type Conn struct {
 
 	state      atomic.Uint32
 	lastActive atomic.Int64 // server clock (unix nanos) of the last frame read
-	pingSent   atomic.Bool
+	// closingSince is the server clock when the last bytes (close frame or
+	// rejection) were written and the sending side shut down, 0 before.
+	closingSince atomic.Int64
+	pingSent     atomic.Bool
 
-	// reader
+	// partialSince is the server clock when the frame (or request head) at
+	// the start of inbuf began, 0 when inbuf is empty; the sweeper reads it.
+	partialSince atomic.Int64
+
+	// busy is set while the connection reads often enough to be served on
+	// netpoll's poller (runCallback); trimPending while it may hold an
+	// input node that only a Release off the poller drops (trimInput).
+	busy        atomic.Bool
+	trimPending atomic.Bool
+
+	// rmu is held by the reader (onRequest) and by trimInput: netpoll lets
+	// one goroutine at a time use a connection's reader.
+	rmu sync.Mutex
+	// reader, under rmu
+	lastRead int64 // monotonic nanos of the previous onRequest
+	streak   int   // consecutive reads less than busyWindow apart
+	// inbuf holds input that is not a complete frame (or request head) yet;
+	// nil for a connection with no such input, i.e. nearly always.
+	inbuf  *bytebufferpool.ByteBuffer
 	fragOp ws.OpCode                  // opcode of the message being reassembled, 0 if none
 	frag   *bytebufferpool.ByteBuffer // reassembled fragments, nil when none
 	subs   []string                   // channels this connection subscribed to
@@ -63,6 +85,9 @@ type Conn struct {
 	// after it and the socket closes as soon as it is written.
 	closeQueued bool
 	wclosed     bool // the socket is closed or failed; Send drops frames
+	// fdReleased is set (under wmu) once netpoll is about to close or hand
+	// over the descriptor: from then on c.fd may name another socket.
+	fdReleased bool
 }
 
 // Info implements hub.Subscriber.
@@ -119,8 +144,8 @@ func (c *Conn) writeLocked() {
 				return
 			case done && c.closeQueued:
 				c.wclosed = true
+				c.shutdownWriteLocked()
 				c.wmu.Unlock()
-				c.closeSocket()
 				return
 			case !done:
 				c.flushing = true
@@ -241,14 +266,11 @@ func (c *Conn) flush() {
 		c.wmu.Lock()
 		if c.wclosed || len(c.queue) == 0 {
 			c.flushing = false
-			closeNow := c.closeQueued && !c.wclosed
-			if closeNow {
+			if c.closeQueued && !c.wclosed {
 				c.wclosed = true
+				c.shutdownWriteLocked()
 			}
 			c.wmu.Unlock()
-			if closeNow {
-				c.closeSocket()
-			}
 			return
 		}
 		batch = append(batch[:0], c.queue...)
@@ -366,13 +388,55 @@ func (c *Conn) dropQueueLocked() {
 	c.partial = 0
 }
 
-// closeSocket closes the TCP connection on another goroutine. netpoll may
-// run the close callbacks (onClosed, which unsubscribes from the hub)
-// synchronously inside Close, and Send is called by the hub with its
-// channel locks held: closing inline from the write path would re-enter
-// the hub and deadlock.
+// shutdownWriteLocked ends the sending side once the last bytes are written:
+// the peer reads everything, then EOF, and answers by closing its side,
+// which the poller sees as a hang-up (netpoll then closes the connection).
+// Input meanwhile is discarded. The sweeper drops the socket if the peer
+// takes longer than CloseTimeout. Called with wmu held.
+func (c *Conn) shutdownWriteLocked() {
+	if c.fdReleased {
+		return
+	}
+	c.closingSince.Store(c.srv.clock.Load())
+	if err := unix.Shutdown(c.fd, unix.SHUT_WR); err != nil {
+		// Not connected any more: the poller reports the hang-up anyway;
+		// make sure of it.
+		_ = unix.Shutdown(c.fd, unix.SHUT_RDWR)
+	}
+}
+
+// closeSocket ends the TCP connection by shutting the socket down; the
+// poller sees the hang-up and netpoll closes the connection from a goroutine
+// of its own, which runs onClosed. netpoll's Close is not used: called while
+// the connection's onRequest runs on the poller (runCallback), it leaves the
+// rest of the close to that callback, where freeing the connection's poller
+// state waits for the poller itself, forever. A shutdown also runs no hub
+// code here, which matters because the hub calls Send with its channel locks
+// held. Safe from any goroutine, idempotent, never blocks.
 func (c *Conn) closeSocket() {
-	gopool.Go(func() { _ = c.nc.Close() })
+	c.wmu.Lock()
+	if !c.fdReleased {
+		// An error means the socket is not connected any more, which the
+		// poller reports as a hang-up too.
+		_ = unix.Shutdown(c.fd, unix.SHUT_RDWR)
+	}
+	c.wmu.Unlock()
+}
+
+// trimInput drops the input node that a connection served on the poller
+// kept (runCallback): netpoll's Release frees an emptied tail node only off
+// the poller, as here. Called by the sweeper once the connection was quiet
+// for trimAfter; the next read starts in the pool again.
+func (c *Conn) trimInput() {
+	if !c.rmu.TryLock() {
+		return // reading after all (or waiting in the hub): next sweep
+	}
+	if c.trimPending.Load() && c.state.Load() == stateOpen {
+		c.busy.Store(false)
+		_ = c.nc.Reader().Release()
+		c.trimPending.Store(false)
+	}
+	c.rmu.Unlock()
 }
 
 // onClosed runs exactly once, from netpoll's close callback, before netpoll
@@ -382,12 +446,14 @@ func (c *Conn) closeSocket() {
 func (c *Conn) onClosed() {
 	c.wmu.Lock()
 	c.wclosed = true
+	c.fdReleased = true
 	c.dropQueueLocked()
 	c.wmu.Unlock()
 	prev := c.state.Swap(stateClosed)
 	if prev == stateClosed {
 		return
 	}
+	c.dropInbuf()
 	if c.frag != nil {
 		bytebufferpool.Put(c.frag)
 		c.frag = nil

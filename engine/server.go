@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/bytedance/gopkg/util/gopool"
 	"github.com/cloudwego/netpoll"
 	"github.com/fanout-dev/fanout/engine/hub"
 	"golang.org/x/sys/unix"
@@ -58,27 +59,64 @@ type Server struct {
 // sockets instead of RPC: see doc.go ("Tuning netpoll").
 var configureNetpoll sync.Once
 
-// readBufferSize is the size of a connection's first input buffer node and
-// the minimum size of any later one. netpoll's default (8 KiB node, 4 KiB
-// minimum) suits RPC; an idle WebSocket keeps its last node for its whole
-// life, so the node starts small and netpoll doubles the read size whenever
-// a read fills it, which amortises larger messages.
-const readBufferSize = 128
+// readBufferSize is netpoll's BufferSize: the first input node of a
+// connection, the most one read takes from its socket (before netpoll
+// doubles it) and the size of later nodes. It is larger than netpoll's page
+// size on purpose: when a Release leaves the input empty, netpoll then swaps
+// the tail node for an empty one, so an idle connection keeps no input
+// buffer at all (at or below a page it keeps the node). Reads of 8 KiB take
+// several frames per syscall; a callback on the poller (runCallback) cannot
+// grow them, since netpoll sizes later reads by what piles up between
+// releases, and nothing piles up when it is consumed at once.
+const readBufferSize = 16 << 10
 
 func tuneNetpoll(log *slog.Logger) {
 	configureNetpoll.Do(func() {
-		netpoll.LinkBufferCap = readBufferSize
-		pollers := runtime.GOMAXPROCS(0) / 4
-		if pollers < 1 {
-			pollers = 1
-		}
 		_ = netpoll.Configure(netpoll.Config{
-			PollerNum:    pollers,
+			PollerNum:    max(1, runtime.GOMAXPROCS(0)/2),
 			BufferSize:   readBufferSize,
 			LoggerOutput: slogWriter{log},
+			Runner:       runCallback,
 		})
 	})
 }
+
+// runCallback is netpoll's runner for connection callbacks (process-wide).
+// A busy open WebSocket's onRequest runs right on the poller goroutine:
+// handing every readable event to a pool goroutine (a goroutine start and a
+// scheduler wake-up per message) cost more than reading and answering the
+// message. It does not for other connections: netpoll only drops a
+// connection's emptied input node when its Release runs off the poller, so
+// a connection served on the poller keeps up to readBufferSize until the
+// sweeper trims it (Conn.trimInput); a connection that sends now and then
+// (a subscribe after connecting, a chat line) is served by the pool and
+// keeps nothing. The handshake always goes to the pool: detaching a socket
+// for net/http must not happen on the poller. Foreign connections (another
+// netpoll user in the same process) keep netpoll's default.
+//
+// What runs on the poller must never wait for the poller: it never closes a
+// socket with netpoll's Close (closeSocket shuts it down instead), never
+// waits in netpoll's Flush (a full socket is handed to a flusher goroutine)
+// and never blocks for long; hub.Publish may wait for a shard with a full
+// queue (backpressure), whose workers never wait for a socket.
+func runCallback(ctx context.Context, f func()) {
+	if c, ok := ctx.(*Conn); ok && c.busy.Load() && c.state.Load() >= stateOpen {
+		f() // onRequest recovers its own panics: see there
+		return
+	}
+	gopool.CtxGo(ctx, f)
+}
+
+// busyWindow and busyStreak define a busy connection (runCallback): its last
+// busyStreak reads came less than busyWindow apart.
+const (
+	busyWindow = time.Second
+	busyStreak = 2
+)
+
+// trimAfter is how long a connection served on the poller stays quiet
+// before the sweeper drops its input node.
+const trimAfter = time.Second
 
 // slogWriter routes netpoll's own log lines to slog at debug level: netpoll
 // logs ordinary events (a peer resetting a socket it was closing) as errors.
@@ -224,7 +262,6 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 		}
 	}
 	c.lastActive.Store(s.clock.Load())
-	_ = nc.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	_ = nc.AddCloseCallback(func(netpoll.Connection) error {
 		c.onClosed()
 		return nil
@@ -253,14 +290,15 @@ func (s *Server) nextClientID() string {
 // sweepInterval is how often the sweeper advances the clock and checks
 // deadlines: a fraction of the shortest timeout, within [10 ms, 500 ms].
 func (s *Server) sweepInterval() time.Duration {
-	d := min(s.cfg.IdleTimeout, s.cfg.HandshakeTimeout) / 8
+	d := min(s.cfg.IdleTimeout, s.cfg.HandshakeTimeout, s.cfg.FrameTimeout, 4*s.cfg.CloseTimeout) / 8
 	return min(max(d, 10*time.Millisecond), 500*time.Millisecond)
 }
 
 // sweep is the one timer of the server: instead of a timer per connection
 // it walks the registry, pinging connections idle for half the idle timeout,
-// closing those idle for all of it (1001) and dropping sockets that never
-// completed a handshake.
+// closing those idle for all of it (1001) or holding a frame started more
+// than FrameTimeout ago (1002), and dropping sockets that never completed a
+// handshake.
 func (s *Server) sweep() {
 	t := time.NewTicker(s.sweepInterval())
 	defer t.Stop()
@@ -275,6 +313,8 @@ func (s *Server) sweep() {
 		nowNs := s.clock.Load()
 		idle := s.cfg.IdleTimeout.Nanoseconds()
 		hsTimeout := s.cfg.HandshakeTimeout.Nanoseconds()
+		frameTimeout := s.cfg.FrameTimeout.Nanoseconds()
+		closeTimeout := s.cfg.CloseTimeout.Nanoseconds()
 		for i := range s.registry.shards {
 			batch = s.registry.shards[i].snapshot(batch[:0])
 			for _, c := range batch {
@@ -286,15 +326,28 @@ func (s *Server) sweep() {
 						c.closeSocket()
 					}
 				case stateOpen:
+					partialSince := c.partialSince.Load()
 					switch {
+					case partialSince != 0 && nowNs-partialSince > frameTimeout:
+						c.CloseWith(errFrameTimeout)
+					case since > trimAfter.Nanoseconds() && c.trimPending.Load():
+						c.trimInput()
 					case since > idle:
 						c.CloseWith(errIdle)
 					case since > idle/2 && !c.pingSent.Load():
 						c.pingSent.Store(true)
 						c.Send(pingFrame())
 					}
-				case stateClosing:
-					if since > idle+s.cfg.WriteTimeout.Nanoseconds() {
+				case stateClosing, stateRejected:
+					closing := c.closingSince.Load()
+					switch {
+					case closing != 0 && nowNs-closing > closeTimeout:
+						// The peer did not close its side in time.
+						c.closeSocket()
+					case c.state.Load() == stateRejected && since > hsTimeout:
+						c.closeSocket()
+					case since > idle+s.cfg.WriteTimeout.Nanoseconds():
+						// Backstop: the close frame never left.
 						c.closeSocket()
 					}
 				}
@@ -384,6 +437,13 @@ func (s *Server) stop() {
 			for _, c := range batch {
 				c.closeSocket()
 			}
+		}
+		// netpoll's own shutdown closes what is left with Close, which must
+		// not race a callback running on the poller (see closeSocket): let
+		// the sockets shut down above close through the poller first.
+		deadline := time.Now().Add(time.Second)
+		for s.registry.len() > 0 && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
 		}
 		if s.httpLn != nil {
 			_ = s.httpLn.Close()
@@ -484,22 +544,19 @@ func (l *handoffListener) Close() error {
 
 func (l *handoffListener) Addr() net.Addr { return l.addr }
 
-// serveHTTP lends c to net/http. netpoll's connection cannot serve
+// detachHTTP lends c to net/http. netpoll's connection cannot serve
 // net/http directly (net/http aborts a background read by moving the read
 // deadline from another goroutine, which netpoll neither supports nor
-// notices), so the socket is detached from the poller instead: the bytes
-// already read are kept and onClosed, which runs once netpoll has let go of
-// the descriptor, turns it into an ordinary net.Conn for net/http.
-func (s *Server) serveHTTP(c *Conn, r netpoll.Reader) {
+// notices), so the socket is detached from the poller instead: c.httpHead
+// holds the bytes already read, and onClosed, which runs once netpoll has let
+// go of the descriptor, turns it into an ordinary net.Conn for net/http.
+// Called by onRequest in the handshake state, which never runs on the poller
+// itself (runCallback): netpoll finishes a detach from the goroutine that
+// ran the callback, and on the poller that would wait for the poller.
+func (s *Server) detachHTTP(c *Conn) {
 	if !c.state.CompareAndSwap(stateHandshake, stateHTTP) {
 		return
 	}
-	buffered, err := r.Next(r.Len())
-	if err != nil {
-		c.closeSocket()
-		return
-	}
-	c.httpHead = append([]byte(nil), buffered...)
 	d, ok := c.nc.(interface{ Detach() error })
 	if !ok {
 		c.closeSocket()

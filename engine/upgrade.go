@@ -5,7 +5,6 @@ import (
 	"io"
 	"sync"
 
-	"github.com/cloudwego/netpoll"
 	"github.com/fanout-dev/fanout/codec"
 	"github.com/fanout-dev/fanout/engine/wsframe"
 	"github.com/gobwas/ws"
@@ -16,49 +15,34 @@ const maxRequestHeaderBytes = 16 << 10
 
 var headerEnd = []byte("\r\n\r\n")
 
-// handshake runs on the reader goroutine of a new connection. It waits
-// (until the handshake deadline) for a complete request head without
-// consuming it, then either upgrades a request for /ws with gobwas/ws or
-// hands the connection to net/http. It reports whether the connection is now
-// an open WebSocket whose remaining input holds frames.
-func (s *Server) handshake(c *Conn, r netpoll.Reader) bool {
-	head, ok := peekRequestHead(r)
-	if !ok {
-		if r.Len() >= maxRequestHeaderBytes {
+// handshake handles the input of a connection that has not upgraded yet,
+// b being every byte it sent so far. Until the request head is complete it
+// keeps waiting (used 0; the sweeper enforces HandshakeTimeout). A complete
+// head for /ws is upgraded with gobwas/ws and used is its length; any other
+// head means the connection is ordinary HTTP and detach is set. used < 0:
+// the handshake failed and the connection is closing.
+func (s *Server) handshake(c *Conn, b []byte) (used int, detach bool) {
+	i := bytes.Index(b, headerEnd)
+	if i < 0 {
+		if len(b) >= maxRequestHeaderBytes {
 			s.stats.handshakeFailed.Add(1)
-			_, _ = c.nc.Write([]byte("HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"))
+			resp := wsframe.Get()
+			resp.B = append(resp.B, "HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"...)
+			resp.FinishRaw()
+			c.state.CompareAndSwap(stateHandshake, stateRejected)
+			c.sendFinal(resp)
+			return -1, false
 		}
-		c.closeSocket()
-		return false
+		return 0, false
 	}
+	head := b[:i+len(headerEnd)]
 	if !isWebSocketPath(head) {
-		s.serveHTTP(c, r)
-		return false
+		return 0, true
 	}
-	return s.upgrade(c, r, head)
-}
-
-// peekRequestHead returns the request head (through the blank line) without
-// consuming it, waiting for more input as needed.
-func peekRequestHead(r netpoll.Reader) ([]byte, bool) {
-	for {
-		n := r.Len()
-		b, err := r.Peek(n)
-		if err != nil {
-			return nil, false
-		}
-		if i := bytes.Index(b, headerEnd); i >= 0 {
-			return b[:i+len(headerEnd)], true
-		}
-		if n >= maxRequestHeaderBytes {
-			return nil, false
-		}
-		// Block for at least one more byte; the read deadline set at accept
-		// bounds the whole handshake, not each wait.
-		if _, err := r.Peek(n + 1); err != nil {
-			return nil, false
-		}
+	if !s.upgrade(c, head) {
+		return -1, false
 	}
+	return len(head), false
 }
 
 // isWebSocketPath reports whether the request line targets /ws, whatever the
@@ -80,8 +64,8 @@ func isWebSocketPath(head []byte) bool {
 	return false
 }
 
-// handshakeIO feeds gobwas/ws the request head already peeked from netpoll's
-// buffer and collects its response in a pooled frame buffer, written by the
+// handshakeIO feeds gobwas/ws the request head straight from netpoll's
+// buffer (or c.inbuf when it arrived in pieces) and collects its response in a pooled frame buffer, written by the
 // connection's direct writev: netpoll's output buffer would keep a node per
 // connection after the handshake.
 type handshakeIO struct {
@@ -173,13 +157,13 @@ func (u *upgradeState) beforeUpgrade() (ws.HandshakeHeader, error) {
 // upgrade performs the WebSocket handshake on the request head with
 // gobwas/ws. On success the response and the connected push leave in one
 // write and the connection joins the server as an open WebSocket.
-func (s *Server) upgrade(c *Conn, r netpoll.Reader, head []byte) bool {
+func (s *Server) upgrade(c *Conn, head []byte) bool {
 	resp := wsframe.Get()
 	hs, err := s.negotiate(head, resp)
 	resp.FinishRaw()
-	_ = r.Skip(len(head))
 	if err != nil {
 		s.stats.handshakeFailed.Add(1)
+		c.state.CompareAndSwap(stateHandshake, stateRejected)
 		c.sendFinal(resp)
 		return false
 	}
@@ -190,7 +174,6 @@ func (s *Server) upgrade(c *Conn, r netpoll.Reader, head []byte) bool {
 		c.enc = codec.JSON
 	}
 	c.info.Client = s.nextClientID()
-	_ = c.nc.SetReadTimeout(s.cfg.FrameTimeout)
 	if !c.state.CompareAndSwap(stateHandshake, stateOpen) {
 		resp.Release()
 		return false

@@ -768,7 +768,10 @@ func TestZeroAllocsPerSubscriber(t *testing.T) {
 	}
 	few, many := allocs(2), allocs(2000)
 	t.Logf("allocs per publication: 2 subscribers %.1f, 2000 subscribers %.1f", few, many)
-	if many > few+1 {
+	// One allocation per subscriber would add ~2000. The margin absorbs
+	// pooled buffers that sync.Pool drops (at random under -race, and at
+	// any GC), which the slack of one allowed for before was too tight for.
+	if many > few+20 {
 		t.Fatalf("allocs grow with subscribers: %.1f for 2, %.1f for 2000", few, many)
 	}
 }
