@@ -30,3 +30,5 @@ require (
 	github.com/vmihailenco/tagparser/v2 v2.0.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 )
+
+replace github.com/cloudwego/netpoll => ./third_party/netpoll
