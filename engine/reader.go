@@ -49,7 +49,8 @@ func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
 	in, err := r.Peek(n) // never waits: n bytes are there
 	if err != nil {
 		c.closeSocket()
-		return nil
+		_ = r.Skip(n)
+		return r.Release()
 	}
 	state := c.state.Load()
 	if state != stateHandshake && state != stateOpen {

@@ -297,8 +297,9 @@ func (s *Server) sweepInterval() time.Duration {
 // sweep is the one timer of the server: instead of a timer per connection
 // it walks the registry, pinging connections idle for half the idle timeout,
 // closing those idle for all of it (1001) or holding a frame started more
-// than FrameTimeout ago (1002), and dropping sockets that never completed a
-// handshake.
+// than FrameTimeout ago (1002), trimming the input of busy connections gone
+// quiet, and dropping sockets that never completed a handshake or whose
+// peer did not answer the close within CloseTimeout.
 func (s *Server) sweep() {
 	t := time.NewTicker(s.sweepInterval())
 	defer t.Stop()
@@ -326,12 +327,13 @@ func (s *Server) sweep() {
 						c.closeSocket()
 					}
 				case stateOpen:
+					if since > trimAfter.Nanoseconds() && c.trimPending.Load() {
+						c.trimInput()
+					}
 					partialSince := c.partialSince.Load()
 					switch {
 					case partialSince != 0 && nowNs-partialSince > frameTimeout:
 						c.CloseWith(errFrameTimeout)
-					case since > trimAfter.Nanoseconds() && c.trimPending.Load():
-						c.trimInput()
 					case since > idle:
 						c.CloseWith(errIdle)
 					case since > idle/2 && !c.pingSent.Load():
