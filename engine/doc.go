@@ -67,7 +67,7 @@
 //     emptied input node with an empty one, so an idle connection keeps no
 //     input buffer (at or below a page it keeps the node: 8 KiB per idle
 //     connection with netpoll's defaults).
-//   - Callbacks of busy connections (a read less than a second after the
+//   - Callbacks of busy connections (a read less than 50 ms after the
 //     previous, twice in a row) run on the poller; others, and every
 //     handshake, in netpoll's goroutine pool. A goroutine hand-off per
 //     message cost more than the message; but netpoll drops the emptied node

@@ -82,7 +82,8 @@ func tuneNetpoll(log *slog.Logger) {
 }
 
 // runCallback is netpoll's runner for connection callbacks (process-wide).
-// A busy open WebSocket's onRequest runs right on the poller goroutine:
+// A busy open WebSocket's onRequest (busyWindow) runs right on the poller
+// goroutine:
 // handing every readable event to a pool goroutine (a goroutine start and a
 // scheduler wake-up per message) cost more than reading and answering the
 // message. It does not for other connections: netpoll only drops a
@@ -108,9 +109,13 @@ func runCallback(ctx context.Context, f func()) {
 }
 
 // busyWindow and busyStreak define a busy connection (runCallback): its last
-// busyStreak reads came less than busyWindow apart.
+// busyStreak reads came less than busyWindow apart, i.e. it sends about 20
+// messages a second or more. The bound is what a busy connection costs: it
+// keeps an input node (readBufferSize) until the sweeper trims it, so 100,000
+// chat users sending a line a second must not count as busy (1.6 GB), while
+// the connections for which a hand-off per message matters do.
 const (
-	busyWindow = time.Second
+	busyWindow = 50 * time.Millisecond
 	busyStreak = 2
 )
 
