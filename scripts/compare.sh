@@ -22,19 +22,32 @@ SUBS=${SUBS:-10000}
 ECHO_CONNS=${ECHO_CONNS:-1000}
 DUR=${DUR:-10s}
 ECHO_ROUNDS=${ECHO_ROUNDS:-3}
+# Client source addresses: one address runs out of ephemeral ports after a
+# few runs of 10,000+ connections (TIME_WAIT), and a run that could not
+# connect everyone is not comparable.
+SOURCES=${SOURCES:-127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5,127.0.0.6,127.0.0.7,127.0.0.8,127.0.0.9}
 if [ -n "${QUICK:-}" ]; then IDLE=2000; SUBS=1000; ECHO_CONNS=200; DUR=3s; ECHO_ROUNDS=1; fi
 OUT=${OUT:-bench/results/compare-$(date -u +%Y%m%dT%H%M%SZ)}
-BIN=$(mktemp -d)
 mkdir -p "$OUT"
 
-echo "building into $BIN" >&2
-go build -o "$BIN/fanout" ./cmd/fanout
-go build -o "$BIN/flood" ./cmd/flood
-go build -o "$BIN/idlerss" ./bench/idlerss
-(cd bench/peers && go build -o "$BIN/" ./...)
+# PREBUILT=dir uses binaries built elsewhere (fanout, flood, idlerss, gorilla,
+# gws, nbio), for a machine without Go.
+if [ -n "${PREBUILT:-}" ]; then
+  BIN=$PREBUILT
+else
+  BIN=$(mktemp -d)
+  echo "building into $BIN" >&2
+  go build -o "$BIN/fanout" ./cmd/fanout
+  go build -o "$BIN/flood" ./cmd/flood
+  go build -o "$BIN/idlerss" ./bench/idlerss
+  (cd bench/peers && go build -o "$BIN/" ./...)
+fi
 
 PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$BIN"; }
+cleanup() {
+  for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done
+  if [ -z "${PREBUILT:-}" ]; then rm -rf "$BIN"; fi
+}
 trap cleanup EXIT
 
 # server_cmd NAME MODE PORT -> the command line of that server
@@ -67,7 +80,7 @@ run_flood() {
   PIDS+=("$pid")
   wait_port "$port"
   "$BIN/flood" "$@" --url "ws://127.0.0.1:$port/ws" --protocol "$(protocol_of "$name" "$mode")" \
-    --progress off --json "$json" >"${json%.json}.txt" 2>&1 || true
+    --source-ips "$SOURCES" --progress off --json "$json" >"${json%.json}.txt" 2>&1 || true
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
 }
@@ -81,7 +94,7 @@ for name in $SERVERS; do
   read_first=""; [ "$name" = fanout ] && read_first="--read-first"
   echo "$name: idle, broadcast, latency" >&2
   # shellcheck disable=SC2046
-  "$BIN/idlerss" --addr "127.0.0.1:$port" --conns "$IDLE" --json --name "$name" $read_first -- \
+  "$BIN/idlerss" --addr "127.0.0.1:$port" --conns "$IDLE" --source-ips "$SOURCES" --json --name "$name" $read_first -- \
     $(server_cmd "$name" broadcast "$port") >"$OUT/$name-idle.json" 2>/dev/null || echo '{}' >"$OUT/$name-idle.json"
   run_flood "$name" broadcast $((port + 1)) "$OUT/$name-bcast.json" broadcast --conns "$SUBS" --connect-rate 5000 --rate 0 --size 128 --duration "$DUR"
   run_flood "$name" broadcast $((port + 2)) "$OUT/$name-lat.json" broadcast --conns "$SUBS" --connect-rate 5000 --rate 10 --size 128 --duration "$DUR"
@@ -99,16 +112,21 @@ done
 
 printf '%-8s %14s %12s %14s %10s\n' server idle_B/conn bcast/s p99_ms@10/s echo/s | tee "$OUT/table.txt"
 for name in $SERVERS; do
-  idle=$(jget "$OUT/$name-idle.json" "round(d['bytes_per_conn'])")
-  bcast=$(jget "$OUT/$name-bcast.json" "round(d['summary']['delivery_rate'])")
-  p99=$(jget "$OUT/$name-lat.json" "round(d['summary']['latency_ms']['p99'],1)")
+  # A figure from a run that did not connect every client gets a '*' and
+  # no ratio is taken from it.
+  idle=$(jget "$OUT/$name-idle.json" "str(round(d['bytes_per_conn'])) + ('' if d['conns'] == $IDLE and d['failed_upgrades'] == 0 else '*')")
+  bcast=$(jget "$OUT/$name-bcast.json" "str(round(d['summary']['delivery_rate'])) + ('' if d['summary']['ready'] >= $SUBS else '*')")
+  p99=$(jget "$OUT/$name-lat.json" "str(round(d['summary']['latency_ms']['p99'],1)) + ('' if d['summary']['ready'] >= $SUBS else '*')")
   echo_rate=$(python3 -c "
 import json, statistics, sys
-rates = []
-for f in sys.argv[1:]:
-    try: rates.append(json.load(open(f))['summary']['delivery_rate'])
+rates, partial = [], False
+for f in sys.argv[2:]:
+    try:
+        s = json.load(open(f))['summary']
+        rates.append(s['delivery_rate'])
+        partial = partial or s['ready'] < int(sys.argv[1])
     except Exception: pass
-print(round(statistics.median(rates)) if rates else 'nan')" "$OUT/$name"-echo-*.json)
+print(str(round(statistics.median(rates))) + ('*' if partial else '') if rates else 'nan')" "$ECHO_CONNS" "$OUT/$name"-echo-*.json)
   printf '%-8s %14s %12s %14s %10s\n' "$name" "$idle" "$bcast" "$p99" "$echo_rate" | tee -a "$OUT/table.txt"
 done
 
@@ -118,7 +136,8 @@ rows = {}
 for line in open(sys.argv[1] + "/table.txt").read().splitlines()[1:]:
     f = line.split()
     if len(f) == 5:
-        rows[f[0]] = [float(x) if x != "nan" else float("nan") for x in f[1:]]
+        # '*': that run did not connect every client; not comparable.
+        rows[f[0]] = [float(x) if x != "nan" and not x.endswith("*") else float("nan") for x in f[1:]]
 if "fanout" not in rows:
     sys.exit()
 fan = rows.pop("fanout")
@@ -133,5 +152,6 @@ for i, low in enumerate(lower_is_better):
     out.append(f"{ratio:.2f}")
 print("%-8s %14s %12s %14s %10s" % ("ratio", *out))
 print("ratio = fanout vs the best peer on that column; >= 1.0 means fanout is ahead")
+print("*: that run did not connect every client (left out of the ratio)")
 PY
 echo "raw results in $OUT" >&2
