@@ -80,18 +80,12 @@ type Percentiles struct {
 
 // SeriesPoint is one second of the run, all workers together.
 type SeriesPoint struct {
-	T           int     `json:"t"` // seconds since the run started
-	Open        int64   `json:"open"`
-	ConnOK      int64   `json:"conn_ok"`
-	ConnFail    int64   `json:"conn_fail"`
-	Disconnects int64   `json:"disconnects"`
-	Sent        int64   `json:"sent"`
-	Delivered   int64   `json:"delivered"`
-	Gaps        int64   `json:"gaps"`
-	P50         float64 `json:"p50_ms"`
-	P90         float64 `json:"p90_ms"`
-	P99         float64 `json:"p99_ms"`
-	Max         float64 `json:"max_ms"`
+	T int `json:"t"` // seconds since the run started
+	SecondCounts
+	P50 float64 `json:"p50_ms"`
+	P90 float64 `json:"p90_ms"`
+	P99 float64 `json:"p99_ms"`
+	Max float64 `json:"max_ms"`
 }
 
 // CurvePoint is the latency at one percentile.
@@ -180,13 +174,7 @@ func merge(rep *Report, cfg *Config, f *fleet, self, children usage) {
 				p = &SeriesPoint{T: sec.T}
 				series[sec.T] = p
 			}
-			p.Open += sec.Open
-			p.ConnOK += sec.ConnOK
-			p.ConnFail += sec.ConnFail
-			p.Disconnects += sec.Disconnects
-			p.Sent += sec.Sent
-			p.Delivered += sec.Delivered
-			p.Gaps += sec.Gaps
+			p.add(sec.SecondCounts)
 			if !sec.Lat.empty() {
 				h := secHists[sec.T]
 				if h == nil {

@@ -291,15 +291,32 @@ type CauseCount struct {
 // Second is one second of a worker's time series: what happened between
 // T and T+1 seconds after the run started (gauges sampled at T+1).
 type Second struct {
-	T           int      `json:"t"`
-	Open        int64    `json:"open"`
-	ConnOK      int64    `json:"conn_ok"`
-	ConnFail    int64    `json:"conn_fail"`
-	Disconnects int64    `json:"disconnects"`
-	Sent        int64    `json:"sent"`
-	Delivered   int64    `json:"delivered"`
-	Gaps        int64    `json:"gaps"`
-	Lat         HistData `json:"lat"`
+	T int `json:"t"`
+	SecondCounts
+	Lat HistData `json:"lat"`
+}
+
+// SecondCounts are the counters of one second: a worker's (Second) or the
+// run's, all workers added (SeriesPoint).
+type SecondCounts struct {
+	Open        int64 `json:"open"` // connections open at the end of the second
+	ConnOK      int64 `json:"conn_ok"`
+	ConnFail    int64 `json:"conn_fail"`
+	Disconnects int64 `json:"disconnects"`
+	Sent        int64 `json:"sent"`
+	Delivered   int64 `json:"delivered"`
+	Gaps        int64 `json:"gaps"`
+}
+
+// add adds o's counters to c.
+func (c *SecondCounts) add(o SecondCounts) {
+	c.Open += o.Open
+	c.ConnOK += o.ConnOK
+	c.ConnFail += o.ConnFail
+	c.Disconnects += o.Disconnects
+	c.Sent += o.Sent
+	c.Delivered += o.Delivered
+	c.Gaps += o.Gaps
 }
 
 // seriesRec turns the live counters and latency shards into per-second
@@ -323,8 +340,7 @@ func (s *seriesRec) sample(t int, ctr *counters, lat *latRecorder) {
 	defer s.mu.Unlock()
 	now := ctr.snapshot()
 	lat.drainInto(s.secHist)
-	sec := Second{
-		T:           t,
+	sec := Second{T: t, SecondCounts: SecondCounts{
 		Open:        now.Open,
 		ConnOK:      now.ConnOK - s.prev.ConnOK,
 		ConnFail:    now.ConnFail - s.prev.ConnFail,
@@ -332,7 +348,7 @@ func (s *seriesRec) sample(t int, ctr *counters, lat *latRecorder) {
 		Sent:        now.Sent - s.prev.Sent,
 		Delivered:   now.Delivered - s.prev.Delivered,
 		Gaps:        now.Gaps - s.prev.Gaps,
-	}
+	}}
 	if s.secHist.TotalCount() > 0 {
 		sec.Lat = exportHist(s.secHist)
 		s.last.p50 = s.secHist.ValueAtQuantile(50)
