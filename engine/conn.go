@@ -315,9 +315,12 @@ func (c *Conn) flush() {
 	}
 }
 
-// sendFinal queues f as the last bytes of the connection: the socket closes
-// once it is written. Used for a rejected handshake's HTTP response.
-func (c *Conn) sendFinal(f *wsframe.Frame) {
+// reject answers a handshake that cannot succeed: f, the HTTP response, is
+// queued as the connection's last bytes, and once it is written the sending
+// side is shut down (see shutdownWriteLocked).
+func (c *Conn) reject(f *wsframe.Frame) {
+	c.srv.stats.handshakeFailed.Add(1)
+	c.state.CompareAndSwap(stateHandshake, stateRejected)
 	c.wmu.Lock()
 	if c.closeQueued || c.wclosed {
 		c.wmu.Unlock()

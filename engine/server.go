@@ -64,8 +64,8 @@ var configureNetpoll sync.Once
 // doubles it) and the size of later nodes. It is larger than netpoll's page
 // size on purpose: when a Release leaves the input empty, netpoll then swaps
 // the tail node for an empty one, so an idle connection keeps no input
-// buffer at all (at or below a page it keeps the node). Reads of 8 KiB take
-// several frames per syscall; a callback on the poller (runCallback) cannot
+// buffer at all (at or below a page it keeps the node). Reads of 16 KiB take
+// many frames per syscall; a callback on the poller (runCallback) cannot
 // grow them, since netpoll sizes later reads by what piles up between
 // releases, and nothing piles up when it is consumed at once.
 const readBufferSize = 16 << 10
@@ -83,10 +83,9 @@ func tuneNetpoll(log *slog.Logger) {
 
 // runCallback is netpoll's runner for connection callbacks (process-wide).
 // A busy open WebSocket's onRequest (busyWindow) runs right on the poller
-// goroutine:
-// handing every readable event to a pool goroutine (a goroutine start and a
-// scheduler wake-up per message) cost more than reading and answering the
-// message. It does not for other connections: netpoll only drops a
+// goroutine: handing every readable event to a pool goroutine (a goroutine
+// start and a scheduler wake-up per message) cost more than reading and
+// answering the message. It does not for other connections: netpoll only drops a
 // connection's emptied input node when its Release runs off the poller, so
 // a connection served on the poller keeps up to readBufferSize until the
 // sweeper trims it (Conn.trimInput); a connection that sends now and then
@@ -325,7 +324,7 @@ func (s *Server) sweep() {
 			batch = s.registry.shards[i].snapshot(batch[:0])
 			for _, c := range batch {
 				since := nowNs - c.lastActive.Load()
-				switch c.state.Load() {
+				switch state := c.state.Load(); state {
 				case stateHandshake:
 					if since > hsTimeout {
 						s.stats.handshakeTimeouts.Add(1)
@@ -351,7 +350,7 @@ func (s *Server) sweep() {
 					case closing != 0 && nowNs-closing > closeTimeout:
 						// The peer did not close its side in time.
 						c.closeSocket()
-					case c.state.Load() == stateRejected && since > hsTimeout:
+					case state == stateRejected && since > hsTimeout:
 						c.closeSocket()
 					case since > idle+s.cfg.WriteTimeout.Nanoseconds():
 						// Backstop: the close frame never left.

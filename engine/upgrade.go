@@ -25,12 +25,10 @@ func (s *Server) handshake(c *Conn, b []byte) (used int, detach bool) {
 	i := bytes.Index(b, headerEnd)
 	if i < 0 {
 		if len(b) >= maxRequestHeaderBytes {
-			s.stats.handshakeFailed.Add(1)
 			resp := wsframe.Get()
 			resp.B = append(resp.B, "HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"...)
 			resp.FinishRaw()
-			c.state.CompareAndSwap(stateHandshake, stateRejected)
-			c.sendFinal(resp)
+			c.reject(resp)
 			return -1, false
 		}
 		return 0, false
@@ -162,9 +160,7 @@ func (s *Server) upgrade(c *Conn, head []byte) bool {
 	hs, err := s.negotiate(head, resp)
 	resp.FinishRaw()
 	if err != nil {
-		s.stats.handshakeFailed.Add(1)
-		c.state.CompareAndSwap(stateHandshake, stateRejected)
-		c.sendFinal(resp)
+		c.reject(resp)
 		return false
 	}
 	switch hs.Protocol {
