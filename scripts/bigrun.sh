@@ -17,6 +17,8 @@
 # summary.txt one line per run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 OUT=${1:?usage: scripts/bigrun.sh OUTDIR [latency] [fullrate] [idle]}
 shift
 STEPS=${*:-latency fullrate idle}
@@ -80,12 +82,7 @@ start_server() {
   "${PIN_SRV[@]}" "$BIN/fanout" --addr "127.0.0.1:$port" --log-level warn \
     --handshake-timeout 30s --idle-timeout 10m >"$OUT/server-$port.log" 2>&1 &
   SRV_PID=$!
-  for _ in $(seq 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "server did not start" >&2
-  return 1
+  wait_port "$port"
 }
 
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }

@@ -16,6 +16,8 @@
 #                 (median of $ECHO_ROUNDS interleaved rounds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 IDLE=${IDLE:-15000}
 SUBS=${SUBS:-10000}
@@ -63,13 +65,6 @@ server_cmd() {
 
 protocol_of() { [ "$1" = fanout ] && [ "$2" != echo ] && echo fanout-json || echo raw; }
 
-wait_port() {
-  for _ in $(seq 100); do
-    if (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "server on port $1 did not start" >&2; return 1
-}
 
 # run_flood NAME MODE PORT JSON ARGS... : start the server, run flood, stop it.
 run_flood() {
