@@ -2,6 +2,7 @@ package engine
 
 import (
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/fanout-dev/fanout/engine/hub"
@@ -18,8 +19,32 @@ type Config struct {
 
 	// MaxMessageBytes is the largest message (after reassembly of
 	// fragments) a client may send; larger ones close the connection 1009.
-	// If zero, 1 MiB.
+	// If zero, 1 MiB; at most 1 GiB.
 	MaxMessageBytes int
+	// MaxReassemblyBytes bounds the bytes that all connections together
+	// hold for messages that have not fully arrived: the fragments of
+	// messages being reassembled, and the start of frames larger than one
+	// read (16 KiB) whose rest is still on its way. A fragment or read that
+	// would pass it closes its connection 1009 "message too big for the
+	// server's reassembly budget" (the server cannot take the message now;
+	// the client broke no rule, which 1008 would say). If zero, 256 MiB;
+	// negative: no bound.
+	MaxReassemblyBytes int
+	// MaxSubscriptionsPerConn bounds the channels one connection may be
+	// subscribed to; a subscribe past it gets the error too_large. If zero,
+	// 1024; negative: no limit.
+	MaxSubscriptionsPerConn int
+	// CommandRate is how many commands per second one connection may send
+	// on average, CommandBurst how many it may send at once (a token
+	// bucket per connection, refilled lazily at each command: no timer).
+	// A command over the limit gets the error rate_limited; a connection
+	// whose rate-limited commands outnumber its accepted ones by 256
+	// (sustained sending at over twice the rate, ignoring the errors) is
+	// closed 1008 "rate limit exceeded". Ping and pong frames are not
+	// commands, nor are messages in Echo mode. If zero, 100 per second and
+	// a burst of 200; CommandRate negative: no limit.
+	CommandRate  float64
+	CommandBurst int
 	// IdleTimeout closes a connection (1001) that sent no frame for this
 	// long; a ping is sent half-way through. If zero, 60 s.
 	IdleTimeout time.Duration
@@ -27,7 +52,9 @@ type Config struct {
 	// request. If zero, 5 s.
 	HandshakeTimeout time.Duration
 	// FrameTimeout bounds the time to receive the rest of a frame once its
-	// first byte arrived. If zero, 10 s.
+	// first byte arrived, and the whole of a fragmented message from the
+	// first byte of its first fragment to the end of its final one (close
+	// 1002). If zero, 10 s.
 	FrameTimeout time.Duration
 	// CloseTimeout is how long a socket waits, once its close frame (or a
 	// rejected handshake's response) is written and its sending side shut
@@ -42,6 +69,13 @@ type Config struct {
 	// written to its socket; past it the connection is closed 1008 "slow
 	// consumer". If zero, 1 MiB.
 	WriteQueueBytes int
+	// ReadAheadBytes bounds the input netpoll buffers for one connection
+	// ahead of its reader: past it the socket is not read until the reader
+	// has caught up, so the kernel's TCP window pushes back on a client that
+	// sends faster than its commands are processed. It does not bound a
+	// message: a frame still arriving is kept by the reader (up to
+	// MaxMessageBytes). If zero, 64 KiB.
+	ReadAheadBytes int
 	// SendBufferBytes sets SO_SNDBUF on each accepted socket, bounding the
 	// kernel memory one connection can hold. If zero, the kernel's default
 	// (autotuned up to net.ipv4.tcp_wmem).
@@ -51,6 +85,15 @@ type Config struct {
 	// If empty, only same-host origins (and non-browser clients) may connect.
 	AllowedOrigins []string
 
+	// DrainDelay is how long Shutdown keeps the listener open before it
+	// closes WebSockets: /readyz answers 503 and new upgrades are refused
+	// with 503 and Retry-After, while health checks and ordinary requests
+	// are still served, so that a load balancer stops routing to the node
+	// first. If zero, none (the command's --drain-delay defaults to 5 s).
+	DrainDelay time.Duration
+	// HTTPReadTimeout bounds reading one whole ordinary HTTP request, body
+	// included (net/http's ReadTimeout). If zero, 15 s.
+	HTTPReadTimeout time.Duration
 	// DrainTimeout is how long Shutdown waits for clients to leave when the
 	// caller's context has no deadline. If zero, 10 s.
 	DrainTimeout time.Duration
@@ -81,6 +124,11 @@ type Config struct {
 
 	// Logger receives the server's logs. If nil, slog.Default().
 	Logger *slog.Logger
+
+	// reassembly is the server's running total against MaxReassemblyBytes:
+	// state, not configuration, set by withDefaults so that each Server
+	// (which keeps its own copy of the Config) gets its own.
+	reassembly *atomic.Int64
 }
 
 func (c Config) withDefaults() Config {
@@ -89,6 +137,20 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxMessageBytes <= 0 {
 		c.MaxMessageBytes = 1 << 20
+	}
+	c.MaxMessageBytes = min(c.MaxMessageBytes, 1<<30)
+	if c.MaxReassemblyBytes == 0 {
+		c.MaxReassemblyBytes = 256 << 20
+	}
+	c.reassembly = new(atomic.Int64)
+	if c.MaxSubscriptionsPerConn == 0 {
+		c.MaxSubscriptionsPerConn = 1024
+	}
+	if c.CommandRate == 0 {
+		c.CommandRate = 100
+	}
+	if c.CommandBurst <= 0 {
+		c.CommandBurst = 200
 	}
 	if c.IdleTimeout <= 0 {
 		c.IdleTimeout = 60 * time.Second
@@ -105,8 +167,14 @@ func (c Config) withDefaults() Config {
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = 10 * time.Second
 	}
+	if c.ReadAheadBytes <= 0 {
+		c.ReadAheadBytes = 64 << 10
+	}
 	if c.WriteQueueBytes <= 0 {
 		c.WriteQueueBytes = 1 << 20
+	}
+	if c.HTTPReadTimeout <= 0 {
+		c.HTTPReadTimeout = 15 * time.Second
 	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = 10 * time.Second

@@ -7,7 +7,6 @@ import (
 	"syscall"
 	"unsafe"
 
-	"github.com/bytedance/gopkg/util/gopool"
 	"github.com/cloudwego/netpoll"
 	"github.com/fanout-dev/fanout/codec"
 	"github.com/fanout-dev/fanout/engine/wsframe"
@@ -16,19 +15,38 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Connection states.
+// Connection states (Conn.state): the connection as the reader and the
+// sweeper see it. The write side has its own state (Conn.wstate, below).
 const (
 	stateHandshake uint32 = iota // accepted, upgrade request not yet complete
 	stateHTTP                    // handed to net/http
 	stateRejected                // handshake refused; the response is on its way
 	stateOpen                    // upgraded WebSocket
 	stateClosing                 // close frame queued; input is discarded
-	stateClosed                  // socket closed, resources freed
+	stateClosed                  // netpoll closed the connection, resources freed
+)
+
+// Write-side states (Conn.wstate, under Conn.wmu). See doc.go, "The write
+// side", for who moves the state and when.
+const (
+	// wOpen: frames are accepted. The queue may hold frames the socket has
+	// not taken yet; then the write poller is armed for the socket.
+	wOpen uint8 = iota
+	// wClosing: the connection's last bytes (a close frame, or a rejected
+	// handshake's response) are queued; nothing more is accepted. Once
+	// they are written the sending side is shut down (wShut).
+	wClosing
+	// wShut: everything was written and the sending side is shut down;
+	// the peer has CloseTimeout to close its side.
+	wShut
+	// wDead: the socket failed or was dropped (shutdown(2) of both
+	// sides), or netpoll closed it. The queue is empty and stays empty.
+	wDead
 )
 
 // Conn is one accepted connection. Ownership (netpoll's model): one reader,
 // the netpoll OnRequest goroutine, owns the read side and the fields marked
-// "reader"; any goroutine may Send, and the write queue is guarded by wmu.
+// "reader"; any goroutine may Send, and the write side is guarded by wmu.
 // An idle connection holds no goroutine, timer, map or buffer of its own.
 type Conn struct {
 	// Context is what onPrepare hands netpoll as the connection's context:
@@ -39,6 +57,10 @@ type Conn struct {
 	srv  *Server
 	nc   netpoll.Connection
 	fd   int
+	id   uint64 // key of the connection in the write poller
+	// wheel is the connection's place in the sweeper's timing wheel, under
+	// the wheel's lock.
+	wheel wheelSlot
 	info codec.ClientInfo
 	enc  codec.Encoding
 
@@ -47,6 +69,10 @@ type Conn struct {
 	// closingSince is the server clock when the last bytes (close frame or
 	// rejection) were written and the sending side shut down, 0 before.
 	closingSince atomic.Int64
+	// blockedSince is the server clock since which the socket has been full
+	// with bytes waiting and took none of them, 0 when it is not full. The
+	// sweeper drops a socket blocked for longer than WriteTimeout.
+	blockedSince atomic.Int64
 	pingSent     atomic.Bool
 
 	// partialSince is the server clock when the frame (or request head) at
@@ -59,8 +85,10 @@ type Conn struct {
 	busy        atomic.Bool
 	trimPending atomic.Bool
 
-	// rmu is held by the reader (onRequest) and by trimInput: netpoll lets
-	// one goroutine at a time use a connection's reader.
+	// rmu is held by the reader (onRequest), by trimInput and by onClosed
+	// while it marks the connection closed: netpoll lets one goroutine at a
+	// time use a connection's reader, and its buffers are freed right after
+	// the close callback.
 	rmu sync.Mutex
 	// reader, under rmu
 	lastRead int64 // monotonic nanos of the previous onRequest
@@ -74,20 +102,45 @@ type Conn struct {
 	// httpHead holds the bytes read from a connection lent to net/http.
 	httpHead []byte
 
-	wmu     sync.Mutex
-	queue   []*wsframe.Frame // frames waiting for the socket, oldest first
-	partial int              // bytes of queue[0] already written
-	queued  int              // bytes queued or handed to netpoll and not yet written
-	// flushing is set while a flusher goroutine owns netpoll's writer; no
-	// direct write may happen then, which keeps the byte order.
-	flushing bool
-	// closeQueued is set once a close frame is queued: nothing is accepted
-	// after it and the socket closes as soon as it is written.
-	closeQueued bool
-	wclosed     bool // the socket is closed or failed; Send drops frames
-	// fdReleased is set (under wmu) once netpoll is about to close or hand
-	// over the descriptor: from then on c.fd may name another socket.
+	// The write side, under wmu. Every write is a non-blocking writev made
+	// with wmu held, so the bytes of a frame are never referenced by anyone
+	// once the call that wrote them returns.
+	wmu    sync.Mutex
+	wstate uint8
+	// armed is set while the write poller waits for the socket to take
+	// more: no one else writes then (the poller does when it can).
+	armed bool
+	// registered is set once the socket was added to the write poller's
+	// epoll set; onClosed removes it before netpoll closes the fd.
+	registered bool
+	// fdReleased is set by onClosed: netpoll is about to close the
+	// descriptor, whose number may then name another socket. No system
+	// call touches c.fd after it.
 	fdReleased bool
+	queue      []*wsframe.Frame // frames waiting for the socket, oldest first
+	partial    int              // bytes of queue[0] already written
+	queued     int              // bytes of the queue not yet written
+
+	// ---- Read-side limits (reader.go, protocol.go, upgrade.go). Reader
+	// fields, under rmu; 32 bytes, nothing allocated until needed.
+
+	// subIdx maps each channel of subs to its index there, so that
+	// unsubscribe need not scan; nil below subIndexMin subscriptions.
+	subIdx map[string]int32
+	// cmdTAT is the command rate limiter's state (a token bucket kept as
+	// GCRA, see allowCommand): the monotime at which the bucket is full
+	// again; 0 for a full bucket.
+	cmdTAT int64
+	// scanned: during the handshake, how many bytes of the request head
+	// were already searched for its end; once open, how many bytes of the
+	// text message being reassembled are known to be valid UTF-8.
+	scanned int32
+	// inCharged is how many bytes of inbuf are charged to the server's
+	// reassembly budget (MaxReassemblyBytes).
+	inCharged int32
+	// cmdStrikes counts rate-limited commands, less one per accepted
+	// command; at rateLimitStrikes the connection is closed 1008.
+	cmdStrikes uint16
 }
 
 // Info implements hub.Subscriber.
@@ -99,8 +152,8 @@ func (c *Conn) Encoding() codec.Encoding { return c.enc }
 // Send queues f (taking one reference) and never blocks. See SendBatch.
 func (c *Conn) Send(f *wsframe.Frame) {
 	c.wmu.Lock()
-	if c.wclosed || c.closeQueued {
-		c.wmu.Unlock()
+	defer c.wmu.Unlock()
+	if c.wstate != wOpen {
 		f.Release()
 		return
 	}
@@ -112,13 +165,13 @@ func (c *Conn) Send(f *wsframe.Frame) {
 
 // SendBatch queues frames (taking one reference of each) and writes them
 // with one writev when the socket has room. It never blocks: what the socket
-// does not take now is written by a flusher goroutine that waits for the
-// socket, and a connection whose unwritten backlog passes WriteQueueBytes is
-// closed 1008 "slow consumer" without delaying anyone else.
+// does not take now is written by the write poller once the socket has
+// room, and a connection whose backlog passes WriteQueueBytes is closed
+// 1008 "slow consumer" without delaying anyone else.
 func (c *Conn) SendBatch(fs []*wsframe.Frame) {
 	c.wmu.Lock()
-	if c.wclosed || c.closeQueued {
-		c.wmu.Unlock()
+	defer c.wmu.Unlock()
+	if c.wstate != wOpen {
 		for _, f := range fs {
 			f.Release()
 		}
@@ -132,35 +185,54 @@ func (c *Conn) SendBatch(fs []*wsframe.Frame) {
 	c.writeLocked()
 }
 
-// writeLocked writes what it can of the queue without blocking, enforces
-// the backlog bound on what is left, and unlocks wmu. Called with wmu held.
+// writeLocked writes what it can of the queue unless the write poller owns
+// the socket, then enforces the backlog bound.
 func (c *Conn) writeLocked() {
-	for {
-		if !c.flushing && len(c.queue) > 0 {
-			done, err := c.writevLocked()
-			switch {
-			case err != nil:
-				c.failLocked()
-				return
-			case done && c.closeQueued:
-				c.wclosed = true
-				c.shutdownWriteLocked()
-				c.wmu.Unlock()
-				return
-			case !done:
-				c.flushing = true
-				gopool.Go(c.flush)
-			}
-		}
-		// The bound applies to bytes the socket did not take: a burst that
-		// the socket absorbs is no slow consumer.
-		if c.queued > c.srv.cfg.WriteQueueBytes && !c.closeQueued {
-			c.srv.stats.slowConsumers.Add(1)
-			c.queueCloseLocked(errSlowConsumer, true)
-			continue
-		}
-		c.wmu.Unlock()
+	if !c.armed {
+		c.writeNowLocked()
+	}
+	if c.wstate == wOpen && c.backlogLocked() > c.srv.cfg.WriteQueueBytes {
+		c.srv.stats.slowConsumers.Add(1)
+		c.queueCloseLocked(errSlowConsumer, true)
+	}
+}
+
+// backlogLocked is what the slow-consumer bound applies to: the bytes
+// queued behind the frame being written. A single frame larger than the
+// bound (a big reply to a fast reader) is not a slow consumer; a socket that
+// takes none of it for WriteTimeout is dropped by the sweeper instead.
+func (c *Conn) backlogLocked() int {
+	if len(c.queue) == 0 {
+		return 0
+	}
+	return c.queued - (c.queue[0].Len() - c.partial)
+}
+
+// writeNowLocked makes one non-blocking attempt to write the queue and
+// moves the write state on: an empty queue in wClosing shuts the sending
+// side down; a full socket arms the write poller; an error drops the
+// socket. Called by the sender with the socket not armed, or by the write
+// poller once the socket became writable.
+func (c *Conn) writeNowLocked() {
+	if c.wstate >= wShut || len(c.queue) == 0 {
 		return
+	}
+	done, progressed, err := c.writevLocked()
+	switch {
+	case err != nil:
+		c.failLocked()
+	case done:
+		c.blockedSince.Store(0)
+		if c.wstate == wClosing {
+			c.shutdownWriteLocked()
+		}
+	default:
+		if progressed || c.blockedSince.Load() == 0 {
+			now := c.srv.clock.Load()
+			c.blockedSince.Store(now)
+			c.srv.wheel.scheduleBy(c, now+c.srv.cfg.WriteTimeout.Nanoseconds())
+		}
+		c.armLocked()
 	}
 }
 
@@ -168,9 +240,10 @@ func (c *Conn) writeLocked() {
 // next call. 64 iovecs keep the array on the stack.
 const iovMax = 64
 
-// writevLocked writes the head of the queue with one non-blocking writev and
-// drops the frames it completed. done reports an empty queue.
-func (c *Conn) writevLocked() (done bool, err error) {
+// writevLocked writes the head of the queue with non-blocking writevs until
+// the queue is empty (done) or the socket is full, and drops the frames it
+// completed. progressed reports that some bytes were written.
+func (c *Conn) writevLocked() (done, progressed bool, err error) {
 	for len(c.queue) > 0 {
 		var iov [iovMax]unix.Iovec
 		n := 0
@@ -182,32 +255,40 @@ func (c *Conn) writevLocked() (done bool, err error) {
 			if i == 0 {
 				b = b[c.partial:]
 			}
+			if len(b) == 0 {
+				continue // nothing to write; consumeLocked drops it
+			}
 			iov[n].Base = &b[0]
 			iov[n].SetLen(len(b))
 			n++
 		}
-		r, _, errno := syscall.Syscall(syscall.SYS_WRITEV, uintptr(c.fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(n))
-		if errno == syscall.EINTR {
+		if n == 0 {
+			c.consumeLocked(0)
 			continue
 		}
-		if errno == syscall.EAGAIN {
-			return false, nil
+		r, _, errno := syscall.Syscall(syscall.SYS_WRITEV, uintptr(c.fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(n))
+		switch errno {
+		case 0:
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false, progressed, nil
+		default:
+			return false, progressed, errno
 		}
-		if errno != 0 {
-			return false, errno
-		}
-		written := int(r)
 		c.srv.stats.writevs.Add(1)
-		c.consumeLocked(written)
+		progressed = progressed || r > 0
+		c.consumeLocked(int(r))
 		if len(c.queue) > 0 && n < iovMax {
-			return false, nil // the socket took less than offered: it is full
+			return false, progressed, nil // the socket took less than offered: it is full
 		}
 	}
 	c.trimQueueLocked()
-	return true, nil
+	return true, progressed, nil
 }
 
-// consumeLocked drops written bytes from the head of the queue.
+// consumeLocked drops written bytes from the head of the queue, and the
+// empty frames that follow them.
 func (c *Conn) consumeLocked(written int) {
 	c.queued -= written
 	i := 0
@@ -256,62 +337,28 @@ func (c *Conn) trimQueueLocked() {
 	c.queue = nil
 }
 
-// flush runs on its own goroutine while the socket is full: it hands the
-// queue to netpoll's writer and waits in Flush (bounded by WriteTimeout)
-// until the poller has written it, then goes again until the queue is
-// empty. Only this goroutine touches netpoll's writer.
-func (c *Conn) flush() {
-	var batch []*wsframe.Frame
-	for {
-		c.wmu.Lock()
-		if c.wclosed || len(c.queue) == 0 {
-			c.flushing = false
-			if c.closeQueued && !c.wclosed {
-				c.wclosed = true
-				c.shutdownWriteLocked()
-			}
-			c.wmu.Unlock()
-			return
-		}
-		batch = append(batch[:0], c.queue...)
-		partial := c.partial
-		c.partial = 0
-		clear(c.queue)
-		c.queue = c.queue[:0]
-		c.wmu.Unlock()
+// armLocked asks the write poller to write the queue once the socket has
+// room. From here until then, only the write poller writes.
+func (c *Conn) armLocked() {
+	if c.fdReleased {
+		return
+	}
+	if err := c.srv.wpoll.arm(c); err != nil {
+		c.srv.log.Warn("write poller: arming a socket failed", "err", err)
+		c.failLocked()
+		return
+	}
+	c.srv.stats.flushes.Add(1)
+}
 
-		w := c.nc.Writer()
-		size := 0
-		for i, f := range batch {
-			b := f.Bytes()
-			if i == 0 {
-				b = b[partial:]
-			}
-			size += len(b)
-			if _, err := w.WriteBinary(b); err != nil {
-				break
-			}
-		}
-		err := w.Flush()
-		c.srv.stats.flushes.Add(1)
-		c.wmu.Lock()
-		c.queued -= size
-		if err != nil {
-			c.wmu.Unlock()
-			// The poller may still hold these bytes: never recycle them.
-			for _, f := range batch {
-				f.Abandon()
-			}
-			c.wmu.Lock()
-			c.flushing = false
-			c.failLocked()
-			return
-		}
-		c.wmu.Unlock()
-		for i, f := range batch {
-			f.Release()
-			batch[i] = nil
-		}
+// onWritable runs on the write poller once an armed socket can take more
+// bytes (or failed: the writev then reports the error).
+func (c *Conn) onWritable() {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.armed = false
+	if c.wstate == wOpen || c.wstate == wClosing {
+		c.writeNowLocked()
 	}
 }
 
@@ -322,29 +369,32 @@ func (c *Conn) reject(f *wsframe.Frame) {
 	c.srv.stats.handshakeFailed.Add(1)
 	c.state.CompareAndSwap(stateHandshake, stateRejected)
 	c.wmu.Lock()
-	if c.closeQueued || c.wclosed {
-		c.wmu.Unlock()
+	defer c.wmu.Unlock()
+	if c.wstate != wOpen {
 		f.Release()
 		return
 	}
-	c.closeQueued = true
+	c.wstate = wClosing
+	c.reserveLocked()
 	c.queue = append(c.queue, f)
 	c.queued += f.Len()
 	c.writeLocked()
 }
 
-// queueCloseLocked queues a close frame for reason. With dropQueued the
-// frames not yet handed to the socket are dropped first (a slow consumer
-// need not receive its backlog before learning why it is closed).
+// queueCloseLocked queues a close frame for reason and moves the write side
+// to wClosing. With dropQueued the frames not yet started are dropped first
+// (a slow consumer need not receive its backlog before learning why it is
+// closed); a frame partly written is always finished, or the stream would
+// be corrupt.
 func (c *Conn) queueCloseLocked(reason *CloseError, dropQueued bool) {
-	if c.closeQueued || c.wclosed {
+	if c.wstate != wOpen {
 		return
 	}
-	c.closeQueued = true
+	c.wstate = wClosing
 	if dropQueued {
 		keep := 0
-		if !c.flushing && c.partial > 0 {
-			keep = 1 // a started frame must be finished or the stream is corrupt
+		if c.partial > 0 {
+			keep = 1
 		}
 		for _, f := range c.queue[keep:] {
 			c.queued -= f.Len()
@@ -356,6 +406,7 @@ func (c *Conn) queueCloseLocked(reason *CloseError, dropQueued bool) {
 	c.state.Store(stateClosing)
 	c.srv.stats.closeSent(reason.Code)
 	f := wsframe.Close(reason.Code, reason.Reason)
+	c.reserveLocked()
 	c.queue = append(c.queue, f)
 	c.queued += f.Len()
 }
@@ -366,41 +417,54 @@ func (c *Conn) queueCloseLocked(reason *CloseError, dropQueued bool) {
 // reason is sent.
 func (c *Conn) CloseWith(reason *CloseError) {
 	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	c.queueCloseLocked(reason, reason.Code == ClosePolicy)
 	c.writeLocked()
 }
 
-// failLocked handles a socket that can no longer be written: everything
-// queued is dropped and the socket closed. Unlocks wmu.
+// failLocked handles a socket that can no longer be written, or must be
+// dropped: everything queued is dropped and both directions are shut down.
+// The poller sees the hang-up and netpoll closes the connection (onClosed).
 func (c *Conn) failLocked() {
-	alreadyClosed := c.wclosed
-	c.wclosed = true
+	if c.wstate == wDead {
+		return
+	}
+	c.wstate = wDead
 	c.dropQueueLocked()
-	c.wmu.Unlock()
-	if !alreadyClosed {
-		c.closeSocket()
+	if !c.fdReleased {
+		// An error means the socket is not connected any more, which the
+		// poller reports as a hang-up too.
+		_ = unix.Shutdown(c.fd, unix.SHUT_RDWR)
 	}
 }
 
 func (c *Conn) dropQueueLocked() {
-	for _, f := range c.queue {
+	for i, f := range c.queue {
 		f.Release()
+		c.queue[i] = nil
 	}
-	c.queue = nil
+	if c.queue != nil {
+		c.queue = c.queue[:0]
+		c.trimQueueLocked()
+	}
 	c.queued = 0
 	c.partial = 0
+	c.blockedSince.Store(0)
 }
 
 // shutdownWriteLocked ends the sending side once the last bytes are written:
 // the peer reads everything, then EOF, and answers by closing its side,
 // which the poller sees as a hang-up (netpoll then closes the connection).
 // Input meanwhile is discarded. The sweeper drops the socket if the peer
-// takes longer than CloseTimeout. Called with wmu held.
+// takes longer than CloseTimeout.
 func (c *Conn) shutdownWriteLocked() {
+	c.wstate = wShut
 	if c.fdReleased {
 		return
 	}
-	c.closingSince.Store(c.srv.clock.Load())
+	now := c.srv.clock.Load()
+	c.closingSince.Store(now)
+	c.srv.wheel.scheduleBy(c, now+c.srv.cfg.CloseTimeout.Nanoseconds())
 	if err := unix.Shutdown(c.fd, unix.SHUT_WR); err != nil {
 		// Not connected any more: the poller reports the hang-up anyway;
 		// make sure of it.
@@ -408,51 +472,68 @@ func (c *Conn) shutdownWriteLocked() {
 	}
 }
 
-// closeSocket ends the TCP connection by shutting the socket down; the
-// poller sees the hang-up and netpoll closes the connection from a goroutine
-// of its own, which runs onClosed. netpoll's Close is not used: called while
-// the connection's onRequest runs on the poller (runCallback), it leaves the
-// rest of the close to that callback, where freeing the connection's poller
-// state waits for the poller itself, forever. A shutdown also runs no hub
-// code here, which matters because the hub calls Send with its channel locks
-// held. Safe from any goroutine, idempotent, never blocks.
+// closeSocket drops the connection: the queue is freed and the socket shut
+// down (failLocked); the poller sees the hang-up and netpoll closes the
+// connection from a goroutine of its own, which runs onClosed. netpoll's
+// Close is not used: called while the connection's onRequest runs on the
+// poller (runCallback), it leaves the rest of the close to that callback,
+// where freeing the connection's poller state waits for the poller itself,
+// forever. A shutdown also runs no hub code here, which matters because the
+// hub calls Send with its channel locks held. Safe from any goroutine,
+// idempotent, never blocks.
 func (c *Conn) closeSocket() {
 	c.wmu.Lock()
-	if !c.fdReleased {
-		// An error means the socket is not connected any more, which the
-		// poller reports as a hang-up too.
-		_ = unix.Shutdown(c.fd, unix.SHUT_RDWR)
-	}
-	c.wmu.Unlock()
+	defer c.wmu.Unlock()
+	c.failLocked()
+}
+
+// markPartial notes that the input kept in inbuf (a frame or request head
+// not complete yet) started now: FrameTimeout runs from here.
+func (c *Conn) markPartial() {
+	now := c.srv.clock.Load()
+	c.partialSince.Store(now)
+	c.srv.wheel.scheduleBy(c, now+c.srv.cfg.FrameTimeout.Nanoseconds())
 }
 
 // trimInput drops the input node that a connection served on the poller
 // kept (runCallback): netpoll's Release frees an emptied tail node only off
 // the poller, as here. Called by the sweeper once the connection was quiet
-// for trimAfter; the next read starts in the pool again.
+// for trimAfter; the next read starts in the pool again. The state is read
+// under rmu, which onClosed holds to mark the connection closed, and
+// netpoll frees the buffers only after its close callback returns: so the
+// Release never reaches a closed (or reused) buffer.
 func (c *Conn) trimInput() {
 	if !c.rmu.TryLock() {
-		return // reading after all (or waiting in the hub): next sweep
+		return // reading after all (or closing): next sweep
 	}
+	defer c.rmu.Unlock()
 	if c.trimPending.Load() && c.state.Load() == stateOpen {
 		c.busy.Store(false)
 		_ = c.nc.Reader().Release()
 		c.trimPending.Store(false)
 	}
-	c.rmu.Unlock()
 }
 
 // onClosed runs exactly once, from netpoll's close callback, before netpoll
-// closes the file descriptor: after it no direct write can reach a reused fd.
-// It frees the connection's queue, reassembly buffer, subscriptions and
-// registry entry.
+// closes the file descriptor and frees the connection's buffers: after it
+// no write can reach a reused fd and no trim a freed buffer. It frees the
+// connection's queue, reassembly buffer, subscriptions and registry entry.
+// netpoll never runs it concurrently with onRequest.
 func (c *Conn) onClosed() {
 	c.wmu.Lock()
-	c.wclosed = true
+	if c.registered {
+		c.srv.wpoll.remove(c)
+		c.registered = false
+	}
+	c.armed = false
 	c.fdReleased = true
+	c.wstate = wDead
 	c.dropQueueLocked()
 	c.wmu.Unlock()
+
+	c.rmu.Lock()
 	prev := c.state.Swap(stateClosed)
+	c.rmu.Unlock()
 	if prev == stateClosed {
 		return
 	}

@@ -29,9 +29,11 @@
 //     into a pooled wsframe.Frame and hand the same frame to every
 //     subscriber with Conn.Send/SendBatch.
 //  7. write: Conn queues frames and writes them with one non-blocking writev
-//     right away; if the socket is full, one flusher goroutine takes over,
-//     waits in netpoll's Flush (bounded by WriteTimeout) and empties the
-//     queue. Past WriteQueueBytes the connection is closed 1008.
+//     right away; if the socket is full, the write poller (wpoll.go, one
+//     goroutine and an epoll set of its own) waits for it to drain and
+//     writes the rest. Past WriteQueueBytes of backlog behind the frame being
+//     written the connection is closed 1008; a socket that takes nothing for
+//     WriteTimeout is dropped.
 //  8. close: every close goes through CloseWith (close frame queued) or a
 //     failed socket. Once the close frame is written the sending side is
 //     shut down and the peer has CloseTimeout to close its side (closing
@@ -45,18 +47,78 @@
 // # Ownership and lock order
 //
 // One reader per connection (onRequest, under Conn.rmu, which the sweeper
-// also takes to trim a quiet connection's input) owns the read side and
-// Conn.subs; netpoll never runs the close callback concurrently with it. Any
-// goroutine may Send. Locks, outermost first: Conn.rmu, hub locks (see
-// engine/hub), Conn.wmu, registryShard.mu. Conn.wmu is never held while
-// calling into the hub.
+// also takes to trim a quiet connection's input, and onClosed to mark it
+// closed) owns the read side and Conn.subs; netpoll never runs the close
+// callback concurrently with onRequest. Any goroutine may Send. Locks,
+// outermost first: Conn.rmu, hub locks (see engine/hub), Conn.wmu, then the
+// leaves writePoller.mu, timingWheel.mu and registryShard.mu. Conn.wmu is
+// never held while calling into the hub. Every lock is released by a defer
+// or on a path that cannot panic, so a panic (recovered by onRequest, the
+// write poller or the sweeper) never leaves one held.
 //
-// Code that runs on netpoll's poller goroutine (runCallback) never waits
-// for the poller: no netpoll Close (it would free the connection's poller
-// state from inside the poller's own callback, which waits forever), no
-// netpoll Flush (the flusher goroutine does that), no Detach (the handshake
-// runs in the pool). hub.Publish may wait for a shard's queue to shrink
-// (backpressure); shard workers never wait for a socket, so that ends.
+// # The write side
+//
+// The write side of a connection is one state machine, Conn.wstate, with
+// Conn.queue, partial and queued, all under Conn.wmu. Every write is a
+// non-blocking writev made with wmu held, by whoever holds it: frame bytes
+// are never handed to netpoll's output buffer, so once the writev returns
+// no one references them and the frame can be released (there is no flush
+// in flight that a close could race, and no frame to abandon).
+//
+//	state     accepts frames  who writes                    leaves to
+//	wOpen     yes             the sender, or the write      wClosing: CloseWith / reject / slow consumer
+//	                          poller while armed            wDead: write error, closeSocket, onClosed
+//	wClosing  no              same                          wShut: queue written (shutdown SHUT_WR)
+//	                                                        wDead: as above
+//	wShut     no              nobody                        wDead: closeSocket (CloseTimeout), onClosed
+//	wDead     no              nobody; queue empty           (final)
+//
+// Transitions and their owners:
+//   - Send/SendBatch (any goroutine): in wOpen, append; if the write poller
+//     is not armed, writev now. A writev that leaves bytes arms the poller
+//     (Conn.armed: from then on only the poller writes, keeping the order)
+//     and starts blockedSince. A backlog over WriteQueueBytes behind the
+//     frame being written queues the close 1008 (wClosing); a frame already
+//     started is always finished first, so the stream stays valid.
+//   - write poller (onWritable): the socket has room: disarm, writev, and
+//     arm again if bytes are left. In wClosing an empty queue shuts the
+//     sending side down (wShut) and the peer gets CloseTimeout to close.
+//   - sweeper: drops (closeSocket: wDead, shutdown of both directions) a
+//     socket blocked for WriteTimeout, a peer that did not close within
+//     CloseTimeout, and the other timeouts below.
+//   - onClosed (netpoll's close callback, before netpoll closes the fd):
+//     wDead, the fd released (no system call touches it after), the socket
+//     removed from the write poller's epoll set, the queue freed.
+//
+// # Relied-on netpoll behaviour
+//
+// Pinned by netpoll_pin_test.go; an update of third_party/netpoll must keep
+// them or change the engine:
+//   - the close callback runs before the descriptor is closed and the
+//     connection's buffers are freed, and never concurrently with OnRequest;
+//   - close and hang-up callbacks run on a goroutine other than the
+//     poller's;
+//   - a Release off the poller of an emptied input drops its node (idle
+//     connections keep no input buffer);
+//   - netpoll's Writer does not copy chunks over 4 KiB (the reason the
+//     engine never hands it frame bytes);
+//   - third_party's patch: SetInputLimit stops reading a socket while that
+//     much input is unread (ReadAheadBytes) and a Release resumes it.
+//
+// Code that runs on netpoll's poller goroutine (runCallback) never waits:
+// no netpoll Close (it would free the connection's poller state from inside
+// the poller's own callback, which waits forever), no netpoll Flush (the
+// engine never uses netpoll's writer), no Detach (the handshake runs in the
+// pool), and no hub call that waits (a publish to a backlogged channel is
+// answered rate_limited instead). A client that sends faster than its
+// commands are processed is not read further (ReadAheadBytes): its own TCP
+// window slows it, not the poller.
+//
+// # Timers
+//
+// The sweeper (sweep.go) is the server's one timer: a timing wheel in
+// which every connection sits in the slot of its next deadline, so a tick
+// costs what is due, not the number of connections.
 //
 // # Tuning netpoll
 //
@@ -75,11 +137,11 @@
 //     until it has been quiet for a second and the sweeper trims it. An idle
 //     connection holds no goroutine either way.
 //   - GOMAXPROCS/2 pollers: they now also run handlers.
-//   - Writes bypass netpoll's output buffer on the fast path (direct writev
-//     on the socket); netpoll's writer is used only by a flusher waiting for
-//     a full socket. netpoll itself is patched (third_party/netpoll) to take
-//     its writev barrier (~1.3 KB) per flush instead of holding one for each
-//     connection's life.
+//   - Writes bypass netpoll's output buffer entirely (direct writev on the
+//     socket; the write poller for full sockets). netpoll itself is patched
+//     (third_party/netpoll) to take its writev barrier (~1.3 KB) per flush
+//     instead of holding one for each connection's life, and to pause
+//     reading a connection whose unread input is over a bound.
 //
 // netpoll's runner is process-wide: a process that embeds the engine serves
 // other netpoll users' callbacks from its pool, as netpoll would.

@@ -85,6 +85,12 @@ func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
 			return nil
 		}
 	}
+	if state == stateHandshake && c.state.Load() == stateOpen {
+		// Upgraded: the idle clock starts (the wheel held the connection
+		// for the handshake deadline).
+		c.lastActive.Store(s.clock.Load())
+		s.wheel.scheduleBy(c, s.clock.Load()+s.cfg.IdleTimeout.Nanoseconds()/2)
+	}
 	if used >= 0 && c.state.Load() == stateOpen {
 		used += s.readFrames(c, b[used:])
 	}
@@ -95,10 +101,10 @@ func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
 
 // noteRead tracks how often the connection reads, for runCallback.
 func (c *Conn) noteRead() {
-	if c.busy.Load() {
+	if c.busy.Load() && !c.trimPending.Swap(true) {
 		// This callback may be running on the poller: only a Release off
 		// the poller drops the input node it leaves behind.
-		c.trimPending.Store(true)
+		c.srv.wheel.scheduleBy(c, c.srv.clock.Load()+trimAfter.Nanoseconds())
 	}
 	now := monotime()
 	if now-c.lastRead < int64(busyWindow) {
@@ -126,23 +132,111 @@ func (c *Conn) keepUnread(b []byte, used int) {
 	if c.inbuf == nil {
 		c.inbuf = bytebufferpool.Get()
 		c.inbuf.B = append(c.inbuf.B[:0], b[used:]...)
-		c.partialSince.Store(c.srv.clock.Load())
-		return
-	}
-	if used > 0 {
+		c.partialStarted()
+	} else if used > 0 {
 		// A new frame starts the buffer: its own clock starts now.
 		c.inbuf.B = c.inbuf.B[:copy(c.inbuf.B, b[used:])]
-		c.partialSince.Store(c.srv.clock.Load())
+		c.partialStarted()
+	}
+	if !c.chargeInbuf() {
+		c.CloseWith(errReassemblyBudget)
+		c.dropInbuf()
 	}
 }
 
-// dropInbuf returns the partial-input buffer to the pool.
+// partialStarted notes that the frame (or request head) now at the start of
+// inbuf began to arrive. While a fragmented message is open partialSince
+// keeps the message's start instead, which is earlier: FrameTimeout bounds
+// the whole message, from its first fragment to its final one.
+//
+// partialSince, which the sweeper reads, is thus the server clock when the
+// oldest input still waiting for its end began to arrive: the first
+// fragment of the open fragmented message if there is one, else the frame
+// (or request head) at the start of inbuf; 0 when there is neither.
+func (c *Conn) partialStarted() {
+	if c.fragOp == 0 {
+		c.markPartial()
+	}
+}
+
+// dropInbuf returns the partial-input buffer to the pool. Once the
+// connection is closed (onClosed calls it) it frees the reassembly buffer
+// too, so that its bytes go back to the server's budget.
 func (c *Conn) dropInbuf() {
 	if c.inbuf != nil {
+		c.inCharged = c.srv.uncharge(int(c.inCharged))
 		bytebufferpool.Put(c.inbuf)
 		c.inbuf = nil
 	}
-	c.partialSince.Store(0)
+	if c.fragOp == 0 {
+		c.partialSince.Store(0)
+	}
+	if c.state.Load() == stateClosed {
+		c.dropFrag()
+	}
+}
+
+// dropFrag frees the message being reassembled, if any, and returns its
+// bytes to the server's reassembly budget.
+func (c *Conn) dropFrag() {
+	if c.frag != nil {
+		c.srv.uncharge(c.frag.Len())
+		bytebufferpool.Put(c.frag)
+		c.frag = nil
+	}
+	c.fragOp = 0
+	c.scanned = 0
+	if c.inbuf == nil {
+		c.partialSince.Store(0)
+	}
+}
+
+// chargeInbuf brings inbuf's share of the reassembly budget up to date. A
+// partial frame of up to one read (readBufferSize) is not charged: it costs
+// no more than the input buffer netpoll keeps anyway, and charging it would
+// put a shared atomic on the path of every read that ends mid-frame. It
+// reports false when a larger one does not fit in the budget.
+func (c *Conn) chargeInbuf() bool {
+	n := 0
+	if c.inbuf != nil && len(c.inbuf.B) > readBufferSize && c.state.Load() == stateOpen {
+		n = len(c.inbuf.B)
+	}
+	delta := n - int(c.inCharged)
+	switch {
+	case delta > 0:
+		if !c.srv.charge(delta) {
+			return false
+		}
+	case delta < 0:
+		c.srv.uncharge(-delta)
+	default:
+		return true
+	}
+	c.inCharged = int32(n)
+	return true
+}
+
+// charge takes n bytes from the server-wide reassembly budget
+// (MaxReassemblyBytes) and reports whether they fit; when they do not,
+// nothing is taken.
+func (s *Server) charge(n int) bool {
+	if s.cfg.MaxReassemblyBytes < 0 || n == 0 {
+		return true
+	}
+	if s.cfg.reassembly.Add(int64(n)) > int64(s.cfg.MaxReassemblyBytes) {
+		s.cfg.reassembly.Add(-int64(n))
+		return false
+	}
+	return true
+}
+
+// uncharge returns n bytes to the reassembly budget. It returns 0, for
+// callers that reset their own count of what they hold.
+func (s *Server) uncharge(n int) int32 {
+	if s.cfg.MaxReassemblyBytes >= 0 && n != 0 {
+		s.cfg.reassembly.Add(-int64(n))
+	}
+	return 0
 }
 
 // errStopReading ends the read loop without sending a close frame (a close
@@ -181,6 +275,12 @@ func (s *Server) readFrames(c *Conn, b []byte) int {
 		}
 		b = b[total:]
 		used += total
+		if used == total && c.fragOp == 0 && c.partialSince.Load() != 0 {
+			// The frame that may have begun in an earlier read is done,
+			// and no message is open: nothing is pending any more
+			// (keepUnread starts the clock again for what is left).
+			c.partialSince.Store(0)
+		}
 	}
 	return used
 }
@@ -202,26 +302,82 @@ func (s *Server) handleFrame(c *Conn, h frameHeader, payload []byte) *CloseError
 		if c.frag.Len()+len(payload) > s.cfg.MaxMessageBytes {
 			return errTooBig
 		}
-		_, _ = c.frag.Write(payload)
-		if !h.fin {
-			return nil
-		}
-		op, msg := c.fragOp, c.frag
-		c.fragOp, c.frag = 0, nil
-		defer bytebufferpool.Put(msg)
-		return s.handleMessage(c, op, msg.B)
+		return s.addFragment(c, h.fin, payload)
 	default: // text or binary
 		if c.fragOp != 0 {
 			return errExpectedCont
 		}
-		if !h.fin {
-			c.fragOp = h.op
-			c.frag = bytebufferpool.Get()
-			_, _ = c.frag.Write(payload)
-			return nil
+		if h.fin {
+			return s.handleMessage(c, h.op, payload)
 		}
-		return s.handleMessage(c, h.op, payload)
+		c.fragOp = h.op
+		c.frag = bytebufferpool.Get()
+		c.scanned = 0
+		if c.partialSince.Load() == 0 {
+			// Otherwise the frame began to arrive earlier, with the
+			// message: partialSince already holds its first byte's time.
+			c.markPartial()
+		}
+		return s.addFragment(c, false, payload)
 	}
+}
+
+// addFragment appends a fragment of the message being reassembled, within
+// the server's reassembly budget, and handles the message once fin. The
+// UTF-8 of a text message is checked as its fragments arrive, so that an
+// invalid one closes the connection (1007) at once: c.scanned is how much
+// of it has been checked, always at a rune boundary; a rune split across
+// fragments is checked when its last byte arrives.
+func (s *Server) addFragment(c *Conn, fin bool, payload []byte) *CloseError {
+	if !s.charge(len(payload)) {
+		return errReassemblyBudget
+	}
+	c.frag.B = append(c.frag.B, payload...)
+	if c.fragOp == ws.OpText {
+		rest := c.frag.B[c.scanned:]
+		if fin {
+			if !utf8.Valid(rest) {
+				return errBadUTF8
+			}
+		} else {
+			n, ok := validUTF8Prefix(rest)
+			if !ok {
+				return errBadUTF8
+			}
+			c.scanned += int32(n)
+		}
+	}
+	if !fin {
+		return nil
+	}
+	op, msg := c.fragOp, c.frag
+	c.fragOp, c.frag, c.scanned = 0, nil, 0
+	// keepUnread sets it again if a frame is left incomplete.
+	c.partialSince.Store(0)
+	defer func() {
+		s.uncharge(msg.Len())
+		bytebufferpool.Put(msg)
+	}()
+	return s.dispatchMessage(c, op, msg.B)
+}
+
+// validUTF8Prefix checks b, the newest bytes of a text message whose end has
+// not arrived: it reports whether b is valid UTF-8 but for an incomplete
+// rune at its end that the next fragment may complete, and n, the length of
+// b before that rune. An incomplete rune that no byte could make valid
+// (an overlong or surrogate start, say) is invalid at once.
+func validUTF8Prefix(b []byte) (n int, ok bool) {
+	n = len(b)
+	for i := len(b) - 1; i >= 0 && i >= len(b)-(utf8.UTFMax-1); i-- {
+		if utf8.RuneStart(b[i]) {
+			// FullRune is false only for a valid rune's first bytes.
+			if !utf8.FullRune(b[i:]) {
+				n = i
+			}
+			break
+		}
+	}
+	return n, utf8.Valid(b[:n])
 }
 
 // handleClose answers a client's close frame: the code is echoed (1000 when
@@ -245,11 +401,18 @@ func (s *Server) handleClose(c *Conn, payload []byte) *CloseError {
 	return errStopReading
 }
 
-// handleMessage handles one complete data message.
+// handleMessage handles one complete data message that arrived in one
+// frame.
 func (s *Server) handleMessage(c *Conn, op ws.OpCode, msg []byte) *CloseError {
 	if op == ws.OpText && !utf8.Valid(msg) {
 		return errBadUTF8
 	}
+	return s.dispatchMessage(c, op, msg)
+}
+
+// dispatchMessage handles one complete data message whose UTF-8, for text,
+// was checked: echoed in echo mode, otherwise a command.
+func (s *Server) dispatchMessage(c *Conn, op ws.OpCode, msg []byte) *CloseError {
 	s.stats.messagesIn.Add(1)
 	if s.cfg.Echo {
 		c.Send(wsframe.New(op, msg))

@@ -39,6 +39,8 @@ type Server struct {
 
 	evl      netpoll.EventLoop
 	ln       netpoll.Listener
+	wpoll    *writePoller
+	wheel    *timingWheel
 	httpSrv  *http.Server
 	httpLn   *handoffListener
 	registry registry
@@ -48,7 +50,10 @@ type Server struct {
 	clock    atomic.Int64 // coarse unix nanos, advanced by the sweeper
 	clientID atomic.Uint64
 	started  atomic.Bool
-	draining atomic.Bool
+	draining atomic.Bool // Shutdown began: not ready, upgrades refused
+	// listenerClosed is set when Shutdown closes the listener, after the
+	// drain delay; from then on an accepted socket is not served.
+	listenerClosed atomic.Bool
 	closed   chan struct{}
 	wg       sync.WaitGroup
 
@@ -153,6 +158,9 @@ func New(cfg Config) (*Server, error) {
 	s.idPrefix = hex.EncodeToString(prefix[:]) + "-"
 	s.clock.Store(time.Now().UnixNano())
 	s.registry.init()
+	s.wheel = newTimingWheel(s.sweepInterval(),
+		max(cfg.IdleTimeout/2, cfg.HandshakeTimeout, cfg.FrameTimeout, cfg.CloseTimeout, cfg.WriteTimeout, trimAfter),
+		s.clock.Load())
 
 	h, err := hub.New(hub.Config{
 		HistorySize: cfg.HistorySize,
@@ -183,6 +191,10 @@ func (s *Server) Start() error {
 	default:
 	}
 	tuneNetpoll(s.log)
+	wp, err := newWritePoller()
+	if err != nil {
+		return err
+	}
 	lc := net.ListenConfig{Control: func(network, address string, rc syscall.RawConn) error {
 		if !s.cfg.ReusePort {
 			return nil
@@ -198,11 +210,13 @@ func (s *Server) Start() error {
 	}}
 	stdln, err := lc.Listen(context.Background(), "tcp", s.cfg.Addr)
 	if err != nil {
+		wp.close(false)
 		return fmt.Errorf("engine: listen: %w", err)
 	}
 	ln, err := netpoll.ConvertListener(stdln)
 	if err != nil {
 		stdln.Close()
+		wp.close(false)
 		return fmt.Errorf("engine: listen: %w", err)
 	}
 	s.ln = ln
@@ -210,18 +224,24 @@ func (s *Server) Start() error {
 	s.httpSrv = &http.Server{
 		Handler:           s.httpHandler(),
 		ReadHeaderTimeout: s.cfg.HandshakeTimeout,
+		// A whole request, body included: a client trickling a body must
+		// not hold a goroutine and a descriptor for as long as it likes.
+		ReadTimeout:    s.cfg.HTTPReadTimeout,
+		MaxHeaderBytes: maxRequestHeaderBytes,
 		IdleTimeout:       s.cfg.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	evl, err := netpoll.NewEventLoop(s.onRequest,
 		netpoll.WithOnPrepare(s.onPrepare),
-		netpoll.WithWriteTimeout(s.cfg.WriteTimeout),
 	)
 	if err != nil {
 		ln.Close()
+		wp.close(false)
 		return fmt.Errorf("engine: event loop: %w", err)
 	}
 	s.evl = evl
+	s.wpoll = wp
+	s.goFunc(wp.run)
 	s.goFunc(func() { _ = s.httpSrv.Serve(s.httpLn) })
 	s.goFunc(func() {
 		if err := evl.Serve(ln); err != nil && !s.draining.Load() {
@@ -254,16 +274,20 @@ func (s *Server) Addr() net.Addr {
 // registered: it creates the connection's state and arms the handshake
 // deadline.
 func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
-	if s.draining.Load() {
+	if s.listenerClosed.Load() {
 		_ = nc.Close()
 		return context.Background()
 	}
 	c := &Conn{Context: context.Background(), srv: s, nc: nc}
+	c.wheel.slot = -1
 	if f, ok := nc.(interface{ Fd() int }); ok {
 		c.fd = f.Fd()
 		if n := s.cfg.SendBufferBytes; n > 0 {
 			_ = unix.SetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_SNDBUF, n)
 		}
+	}
+	if l, ok := nc.(interface{ SetInputLimit(int) }); ok {
+		l.SetInputLimit(s.cfg.ReadAheadBytes)
 	}
 	c.lastActive.Store(s.clock.Load())
 	_ = nc.AddCloseCallback(func(netpoll.Connection) error {
@@ -271,6 +295,7 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 		return nil
 	})
 	s.registry.add(c)
+	s.wheel.scheduleBy(c, c.lastActive.Load()+s.cfg.HandshakeTimeout.Nanoseconds())
 	s.stats.accepted.Add(1)
 	return c
 }
@@ -278,6 +303,7 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 // connClosed runs once per connection after its socket closed.
 func (s *Server) connClosed(c *Conn, prev uint32) {
 	s.registry.remove(c)
+	s.wheel.remove(c)
 	if prev == stateOpen || prev == stateClosing {
 		s.stats.open.Add(-1)
 		for _, ch := range c.subs {
@@ -291,105 +317,44 @@ func (s *Server) nextClientID() string {
 	return s.idPrefix + strconv.FormatUint(s.clientID.Add(1), 36)
 }
 
-// sweepInterval is how often the sweeper advances the clock and checks
-// deadlines: a fraction of the shortest timeout, within [10 ms, 500 ms].
-func (s *Server) sweepInterval() time.Duration {
-	d := min(s.cfg.IdleTimeout, s.cfg.HandshakeTimeout, s.cfg.FrameTimeout, 4*s.cfg.CloseTimeout) / 8
-	return min(max(d, 10*time.Millisecond), 500*time.Millisecond)
-}
-
-// sweep is the one timer of the server: instead of a timer per connection
-// it walks the registry, pinging connections idle for half the idle timeout,
-// closing those idle for all of it (1001) or holding a frame started more
-// than FrameTimeout ago (1002), trimming the input of busy connections gone
-// quiet, and dropping sockets that never completed a handshake or whose
-// peer did not answer the close within CloseTimeout.
-func (s *Server) sweep() {
-	t := time.NewTicker(s.sweepInterval())
-	defer t.Stop()
-	var batch []*Conn
-	for {
-		select {
-		case <-s.closed:
-			return
-		case now := <-t.C:
-			s.clock.Store(now.UnixNano())
-		}
-		nowNs := s.clock.Load()
-		idle := s.cfg.IdleTimeout.Nanoseconds()
-		hsTimeout := s.cfg.HandshakeTimeout.Nanoseconds()
-		frameTimeout := s.cfg.FrameTimeout.Nanoseconds()
-		closeTimeout := s.cfg.CloseTimeout.Nanoseconds()
-		for i := range s.registry.shards {
-			batch = s.registry.shards[i].snapshot(batch[:0])
-			for _, c := range batch {
-				since := nowNs - c.lastActive.Load()
-				switch state := c.state.Load(); state {
-				case stateHandshake:
-					if since > hsTimeout {
-						s.stats.handshakeTimeouts.Add(1)
-						c.closeSocket()
-					}
-				case stateOpen:
-					if since > trimAfter.Nanoseconds() && c.trimPending.Load() {
-						c.trimInput()
-					}
-					partialSince := c.partialSince.Load()
-					switch {
-					case partialSince != 0 && nowNs-partialSince > frameTimeout:
-						c.CloseWith(errFrameTimeout)
-					case since > idle:
-						c.CloseWith(errIdle)
-					case since > idle/2 && !c.pingSent.Load():
-						c.pingSent.Store(true)
-						c.Send(pingFrame())
-					}
-				case stateClosing, stateRejected:
-					closing := c.closingSince.Load()
-					switch {
-					case closing != 0 && nowNs-closing > closeTimeout:
-						// The peer did not close its side in time.
-						c.closeSocket()
-					case state == stateRejected && since > hsTimeout:
-						c.closeSocket()
-					case since > idle+s.cfg.WriteTimeout.Nanoseconds():
-						// Backstop: the close frame never left.
-						c.closeSocket()
-					}
-				}
-			}
-			clear(batch)
-		}
-	}
-}
-
-// Shutdown drains the server: it stops accepting, marks /readyz not ready,
-// sends every WebSocket 1012 with a retry_after_ms hint spread between
-// RetryAfterMin and RetryAfterMin+RetryAfterSpread, and waits for the
-// connections to close. When ctx has no deadline DrainTimeout applies. On
-// timeout the remaining connections are dropped and ctx.Err() returned.
+// Shutdown drains the server: it marks /readyz not ready and refuses new
+// upgrades (503, Retry-After) for DrainDelay while serving the rest, then
+// stops accepting, sends every WebSocket 1012 with a retry_after_ms hint
+// (closeRestart), and waits for the connections to close. When ctx has no
+// deadline, DrainDelay+DrainTimeout applies. On timeout the remaining
+// connections are dropped and ctx.Err() returned.
 func (s *Server) Shutdown(ctx context.Context) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, s.cfg.DrainTimeout)
+		ctx, cancel = context.WithTimeout(ctx, s.cfg.DrainDelay+s.cfg.DrainTimeout)
 		defer cancel()
 	}
 	if !s.draining.CompareAndSwap(false, true) {
 		<-s.closed
 		return nil
 	}
+	// The drain delay: /readyz says 503 and new upgrades are refused (503,
+	// Retry-After) while everything else is still served, so that a load
+	// balancer takes the node out before its listener goes away.
+	if d := s.cfg.DrainDelay; d > 0 {
+		s.log.Info("draining: not ready, listener open", "delay", d)
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+	}
+	s.listenerClosed.Store(true)
 	if s.ln != nil {
 		_ = s.ln.Close()
 	}
-	minMs := s.cfg.RetryAfterMin.Milliseconds()
-	spreadMs := s.cfg.RetryAfterSpread.Milliseconds()
 	var batch []*Conn
 	for i := range s.registry.shards {
 		batch = s.registry.shards[i].snapshot(batch[:0])
 		for _, c := range batch {
 			if c.state.Load() == stateOpen {
-				ms := minMs + mrand.Int64N(spreadMs+1)
-				c.CloseWith(&CloseError{CloseRestart, "retry_after_ms=" + strconv.FormatInt(ms, 10)})
+				s.closeRestart(c)
 			} else if c.state.Load() == stateHandshake {
 				c.closeSocket()
 			}
@@ -404,6 +369,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.stop()
 	return err
+}
+
+// closeRestart closes c 1012 with a retry_after_ms hint spread between
+// RetryAfterMin and RetryAfterMin+RetryAfterSpread, so that clients do not
+// all come back at once.
+func (s *Server) closeRestart(c *Conn) {
+	ms := s.cfg.RetryAfterMin.Milliseconds() + mrand.Int64N(s.cfg.RetryAfterSpread.Milliseconds()+1)
+	c.CloseWith(&CloseError{CloseRestart, "retry_after_ms=" + strconv.FormatInt(ms, 10)})
 }
 
 // waitEmpty polls until every connection has closed or ctx is done.
@@ -424,6 +397,7 @@ func (s *Server) waitEmpty(ctx context.Context) error {
 // frame. Idempotent.
 func (s *Server) Close() error {
 	s.draining.Store(true)
+	s.listenerClosed.Store(true)
 	if s.ln != nil {
 		_ = s.ln.Close()
 	}
@@ -460,10 +434,28 @@ func (s *Server) stop() {
 			cancel()
 		}
 		close(s.closed)
+		if s.wpoll != nil {
+			s.wpoll.close(true)
+		}
 		_ = s.hub.Close()
 	})
-	s.wg.Wait()
+	// Every server goroutine ends once s.closed is closed and the listeners
+	// are; a hard deadline keeps a bug in one of them from hanging the
+	// process's exit.
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(stopDeadline):
+		s.log.Error("server goroutines did not stop in time", "after", stopDeadline)
+	}
 }
+
+// stopDeadline bounds how long stop waits for the server's goroutines.
+const stopDeadline = 5 * time.Second
 
 // registry holds every accepted connection, sharded to keep accept and
 // close off one lock. Shutdown and the sweeper walk it.

@@ -22,6 +22,8 @@ type stats struct {
 	writevs           atomic.Uint64
 	flushes           atomic.Uint64
 	slowConsumers     atomic.Uint64
+	writeTimeouts     atomic.Uint64
+	sweepChecks       atomic.Uint64 // connections the sweeper visited
 	closes            [closeCodeSlots]atomic.Uint64
 }
 

@@ -55,7 +55,7 @@ func checkFor(t *testing.T, timeout time.Duration, f func() error) {
 func TestSIGTERMDrainsWith1012AndExitsZero(t *testing.T) {
 	bin := buildBinary(t)
 	addr := freeAddr(t)
-	cmd := exec.Command(bin, "--drain-timeout", "3s", "--log-format", "json")
+	cmd := exec.Command(bin, "--drain-delay", "1s", "--drain-timeout", "3s", "--log-format", "json")
 	cmd.Env = append(os.Environ(), "FANOUT_ADDR="+addr) // the environment equivalent of --addr
 	var logs bytes.Buffer
 	cmd.Stderr = &logs
@@ -90,6 +90,23 @@ func TestSIGTERMDrainsWith1012AndExitsZero(t *testing.T) {
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
+	// The drain delay: the node says it is not ready and refuses new
+	// upgrades, but still answers, so a load balancer can take it out.
+	checkFor(t, 5*time.Second, func() error {
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable {
+			return errors.New("readyz: " + resp.Status)
+		}
+		return nil
+	})
+	_, resp, err := websocket.DefaultDialer.Dial("ws://"+addr+"/ws", nil)
+	if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("upgrade while draining: %v %+v, want 503 with Retry-After", err, resp)
+	}
 	for _, c := range clients {
 		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		_, _, err := c.ReadMessage()
@@ -101,8 +118,8 @@ func TestSIGTERMDrainsWith1012AndExitsZero(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("exit: %v\n%s", err, logs.String())
 	}
-	if d := time.Since(start); d > 4*time.Second {
-		t.Fatalf("exit took %v, drain timeout 3s", d)
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("exit took %v, drain delay 1s + drain timeout 3s", d)
 	}
 }
 

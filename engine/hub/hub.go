@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"math"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -34,6 +35,12 @@ var (
 	// ErrBadEncoding: a Subscriber or publication with an encoding that is
 	// neither codec.JSON nor codec.Msgpack.
 	ErrBadEncoding = errors.New("hub: bad encoding")
+	// ErrBackpressure: the channel's fan-out is backlogged and the caller
+	// asked not to wait (the engine replies rate_limited).
+	ErrBackpressure = errors.New("hub: channel fan-out backlogged")
+	// ErrTooLarge: a publication whose encoding in some encoding exceeds
+	// the configured maximum (the engine replies too_large).
+	ErrTooLarge = errors.New("hub: publication too large")
 )
 
 // Subscriber is one connection as the hub sees it. The engine implements it
@@ -61,17 +68,52 @@ type Subscriber interface {
 	SendBatch(fs []*wsframe.Frame)
 }
 
+// Defaults of the size bounds of Config.
+const (
+	// DefaultMaxPublicationBytes is the engine's default largest message.
+	DefaultMaxPublicationBytes = 1 << 20
+	// DefaultMaxReplyBytes leaves a quarter of the engine's default 1 MiB
+	// per-connection write queue for what is queued around a reply.
+	DefaultMaxReplyBytes = 768 << 10
+)
+
 // Config configures New. The zero value works.
 type Config struct {
 	// Shards is the number of fan-out workers. If zero, runtime.GOMAXPROCS(0).
 	Shards int
 	// HistorySize is how many publications the default broker keeps per
-	// channel. If zero, 100; if negative, none. Ignored when Broker is set.
+	// channel. If zero, DefaultHistorySize (100); if negative, none.
+	// Ignored when Broker is set.
 	HistorySize int
 	// HistoryTTL drops publications older than it from the default
-	// broker's history. If zero, history never expires by age. Ignored
-	// when Broker is set.
+	// broker's history, and frees idle channels' history by itself. If
+	// zero, DefaultHistoryTTL (5 min); if negative, history never expires
+	// by age. Ignored when Broker is set.
 	HistoryTTL time.Duration
+	// HistoryBytes bounds the memory of the default broker's history, all
+	// channels together; the oldest history is evicted first (see
+	// MemoryBroker). If zero, DefaultHistoryBytes (128 MiB); if negative,
+	// unbounded. Ignored when Broker is set.
+	HistoryBytes int64
+	// HistoryChannels caps the channels holding history in the default
+	// broker; past it the least recently published channel loses its
+	// history. If zero, DefaultHistoryChannels (100,000); if negative, no
+	// cap. Ignored when Broker is set.
+	HistoryChannels int
+	// MaxPublicationBytes is the largest publication data accepted, in
+	// either encoding (JSON data can be up to 6 times its msgpack, and the
+	// hub stores and sends both): Publish refuses more with an error
+	// wrapping ErrTooLarge. If zero, DefaultMaxPublicationBytes (1 MiB,
+	// the engine passes its MaxMessageBytes); if negative, no limit.
+	MaxPublicationBytes int
+	// MaxReplyBytes bounds the encoded size of subscribe and history
+	// replies: a history reply keeps the newest publications that fit
+	// (HistoryResult.Truncated), a recovery that does not fit answers
+	// recovered:false with no publications. Keep it below the engine's
+	// per-connection write queue (WriteQueueBytes), with headroom for the
+	// frames queued around the reply, or a reply closes its reader. If
+	// zero, DefaultMaxReplyBytes (768 KiB); if negative, no limit.
+	MaxReplyBytes int
 	// Broker assigns positions, keeps history and delivers publications.
 	// If nil, NewMemoryBroker with HistorySize and HistoryTTL. The hub owns
 	// it: Close closes it.
@@ -114,7 +156,22 @@ type Stats struct {
 	NotRecovered uint64 // subscribes with recover that could not
 	Presence     uint64 // join and leave pushes sent
 	Throttled    uint64 // publishes that waited for a backlogged fan-out
+	Refused      uint64 // TryPublish calls refused with ErrBackpressure
+	TooLarge     uint64 // publishes refused with ErrTooLarge
+	Truncated    uint64 // history replies cut, and recoveries refused, by MaxReplyBytes
+
+	// History of the default broker (zero with a Broker that does not
+	// report HistoryStats).
+	HistoryBytes           int64  // gauge: history memory, as counted against HistoryBytes
+	HistoryChannels        int    // gauge: channels holding history
+	HistoryExpired         uint64 // publications dropped by HistoryTTL
+	HistoryEvictedBytes    uint64 // publications evicted by the HistoryBytes budget
+	HistoryEvictedChannels uint64 // publications evicted by the HistoryChannels cap
 }
+
+// historyStatser is implemented by brokers that report their history
+// (MemoryBroker).
+type historyStatser interface{ HistoryStats() HistoryStats }
 
 // Hub is the channel registry and broadcaster. All methods are safe for
 // concurrent use.
@@ -125,7 +182,11 @@ type Hub struct {
 	seed   maphash.Seed
 	chans  [hubBuckets]hubBucket
 
+	maxPub   int // Config.MaxPublicationBytes, math.MaxInt for none
+	maxReply int // Config.MaxReplyBytes, math.MaxInt for none
+
 	closed    atomic.Bool
+	done      chan struct{} // closed by Close: wakes publishers waiting for room
 	closeOnce sync.Once
 	closeErr  error
 	workers   sync.WaitGroup
@@ -139,21 +200,22 @@ type Hub struct {
 	replies       atomic.Uint64
 	recovered     atomic.Uint64
 	notRecovered  atomic.Uint64
-	presence      atomic.Uint64
 	throttled     atomic.Uint64
-
-	// Backpressure (see waitForRoom): roomCh is closed and replaced when a
-	// shard drains while a publisher waits.
-	roomMu      sync.Mutex
-	roomCh      chan struct{}
-	roomWaiting atomic.Bool
+	refused       atomic.Uint64
+	tooLarge      atomic.Uint64
+	truncated     atomic.Uint64
 }
 
-// maxPendingPubs bounds the publications queued to one shard and not yet
-// fanned out. Past it Publish waits: a publisher faster than the fan-out is
-// slowed down (through its own socket, since its reader waits) instead of
-// growing the queues and every subscriber's latency without bound. Two
-// coalescing runs' worth keeps the workers busy with full batches.
+// maxPendingPubs bounds the publications of one channel queued to the
+// shard workers and not yet handed out by all of them. Past it the
+// channel's fan-out is backlogged: Publish waits and TryPublish refuses, so
+// a publisher faster than the fan-out is slowed down (Publish) or told to
+// slow down (TryPublish) instead of growing the queues and every
+// subscriber's latency without bound. The bound is per channel, so a hot
+// channel never holds back publishers of another; the queues hold at most
+// this many publications per channel with subscribers (plus one per
+// publisher racing past the check). Two coalescing runs' worth keeps the
+// workers busy with full batches.
 const maxPendingPubs = 2 * maxRun
 
 // New starts a hub: its shard workers and its broker.
@@ -163,14 +225,21 @@ func New(cfg Config) (*Hub, error) {
 		n = runtime.GOMAXPROCS(0)
 	}
 	h := &Hub{
-		roomCh: make(chan struct{}),
-		broker: cfg.Broker,
-		log:    cfg.Logger,
-		seed:   maphash.MakeSeed(),
-		shards: make([]*shard, n),
+		broker:   cfg.Broker,
+		log:      cfg.Logger,
+		seed:     maphash.MakeSeed(),
+		shards:   make([]*shard, n),
+		done:     make(chan struct{}),
+		maxPub:   sizeLimit(cfg.MaxPublicationBytes, DefaultMaxPublicationBytes),
+		maxReply: sizeLimit(cfg.MaxReplyBytes, DefaultMaxReplyBytes),
 	}
 	if h.broker == nil {
-		h.broker = NewMemoryBroker(MemoryBrokerConfig{HistorySize: cfg.HistorySize, HistoryTTL: cfg.HistoryTTL})
+		h.broker = NewMemoryBroker(MemoryBrokerConfig{
+			HistorySize:     cfg.HistorySize,
+			HistoryTTL:      cfg.HistoryTTL,
+			HistoryBytes:    cfg.HistoryBytes,
+			HistoryChannels: cfg.HistoryChannels,
+		})
 	}
 	if h.log == nil {
 		h.log = slog.Default()
@@ -192,6 +261,17 @@ func New(cfg Config) (*Hub, error) {
 	return h, nil
 }
 
+// sizeLimit applies a size field's convention: zero is def, negative none.
+func sizeLimit(v, def int) int {
+	switch {
+	case v == 0:
+		return def
+	case v < 0:
+		return math.MaxInt
+	}
+	return v
+}
+
 // handler is the hub's BrokerHandler; it keeps HandlePublication out of the
 // Hub's own method set.
 type handler struct{ h *Hub }
@@ -204,9 +284,9 @@ func (x handler) HandlePublication(ch string, pub *codec.Publication) { x.h.broa
 func (h *Hub) Close() error {
 	h.closeOnce.Do(func() {
 		h.closed.Store(true)
+		close(h.done)
 		h.closeErr = h.broker.Close()
 		h.stopWorkers()
-		h.signalRoom()
 	})
 	return h.closeErr
 }
@@ -232,13 +312,21 @@ func (h *Hub) Stats() Stats {
 		Recovered:     h.recovered.Load(),
 		NotRecovered:  h.notRecovered.Load(),
 		Throttled:     h.throttled.Load(),
-		Presence:      h.presence.Load(),
+		Refused:       h.refused.Load(),
+		TooLarge:      h.tooLarge.Load(),
+		Truncated:     h.truncated.Load(),
 	}
 	for _, sh := range h.shards {
 		s.Deliveries += sh.deliveries.Load()
 		s.Sends += sh.sends.Load()
 		s.Batches += sh.batches.Load()
+		s.Presence += sh.presence.Load()
 		s.QueueDepth += sh.depth()
+	}
+	if hs, ok := h.broker.(historyStatser); ok {
+		st := hs.HistoryStats()
+		s.HistoryBytes, s.HistoryChannels = st.Bytes, st.Channels
+		s.HistoryExpired, s.HistoryEvictedBytes, s.HistoryEvictedChannels = st.Expired, st.EvictedBytes, st.EvictedChannels
 	}
 	return s
 }
@@ -258,13 +346,14 @@ func (h *Hub) shardOf(s Subscriber) int {
 }
 
 // Subscribe attaches s to req.Channel. When req.HasID it sends the reply
-// with s.Send before any live publication reaches s. With req.Recover the
-// reply carries every publication after Recover.Offset that history holds,
-// and recovered is true only when none is missing (same epoch and the
-// history still covers Recover.Offset+1); on an epoch mismatch it carries
-// none. Without Recover the reply has no publications and the channel's
-// newest offset. Every publication with a greater offset is delivered live,
-// in order, exactly once.
+// with s.Send before any live publication or presence push of the channel
+// reaches s. With req.Recover the reply carries every publication after
+// Recover.Offset that history holds, and recovered is true only when none
+// is missing (same epoch and the history still covers Recover.Offset+1)
+// and the reply fits in MaxReplyBytes; on an epoch mismatch, or when the
+// publications would not fit, it carries none. Without Recover the reply
+// has no publications and the channel's newest offset. Every publication
+// with a greater offset is delivered live, in order, exactly once.
 func (h *Hub) Subscribe(s Subscriber, req SubscribeRequest) error {
 	if h.closed.Load() {
 		return ErrClosed
@@ -282,7 +371,7 @@ func (h *Hub) Subscribe(s Subscriber, req SubscribeRequest) error {
 	// 1. Register s as pending: from the moment its "add" op is queued
 	// (under c.mu, so ordered with every publication queued by
 	// broadcast), its shard buffers publications for it.
-	m := &member{info: s.Info(), enc: enc, shard: h.shardOf(s), listener: -1}
+	m := &member{info: s.Info(), enc: enc, shard: h.shardOf(s)}
 	c.subMu.Lock()
 	if _, ok := c.members[s]; ok {
 		c.subMu.Unlock()
@@ -328,6 +417,13 @@ func (h *Hub) Subscribe(s Subscriber, req SubscribeRequest) error {
 		switch {
 		case r.Epoch != pos.Epoch:
 			pubs = nil
+		case !fitsReply(enc, pos, pubs, h.maxReply):
+			// Too large to send: the newest position and nothing else,
+			// never a part of the gap (PROTOCOL.md). The client starts
+			// over from the newest state instead of being closed for a
+			// frame larger than its write queue.
+			pubs = nil
+			h.truncated.Add(1)
 		case r.Offset <= pos.Offset && uint64(len(pubs)) == pos.Offset-r.Offset:
 			recovered = true
 		}
@@ -338,25 +434,30 @@ func (h *Hub) Subscribe(s Subscriber, req SubscribeRequest) error {
 		}
 	}
 
-	// 3. Reply, then activate: the shard flushes what it buffered after
-	// pos.Offset and delivers live from then on.
-	// The reply is sent under c.mu, in the same critical section that makes
-	// s a presence listener: a join pushed by another subscriber is either
-	// before the reply (and s is in the presence snapshot it can ask for)
-	// or after it and delivered to s; it cannot fall in between.
-	c.mu.Lock()
+	// 3. Reply, encoded and sent with no hub lock held: s is pending, so
+	// no publication reaches it before the activate op below, and it is
+	// not a presence listener yet, so no join or leave either.
 	if req.HasID {
 		f := wsframe.Get()
 		f.B = codec.AppendSubscribeOK(f.B, enc, req.ID, pos, recovered, pubs)
 		s.Send(f.Finish(opcode(enc)))
 		h.replies.Add(1)
 	}
+
+	// 4. Activate: the shard flushes what it buffered after pos.Offset and
+	// delivers live from then on. The activate op makes s a presence
+	// listener in its shard, and it is queued under c.mu, where presence
+	// pushes are queued too: a join pushed by another subscriber is
+	// queued either before it (that subscriber is then already active, so
+	// in the presence snapshot s can ask for) or after it, and delivered
+	// to s.
+	c.mu.Lock()
 	if c.members[s] == m { // not unsubscribed meanwhile
-		h.shards[m.shard].push(item{kind: opActivate, ch: c, sub: s, enc: enc, pos: pos})
+		h.shards[m.shard].push(item{kind: opActivate, ch: c, sub: s, enc: enc, pos: pos, listener: req.Presence})
 		m.active = true
 		c.present++
 		if req.Presence {
-			c.addListener(s, m)
+			c.addListener(m)
 			h.listeners.Add(1)
 		}
 		h.presencePush(c, true, m.info)
@@ -398,10 +499,12 @@ func (h *Hub) remove(c *channel, s Subscriber, m *member) bool {
 	}
 	delete(c.members, s)
 	c.addCounts(m, -1)
+	// Queued before the leave: s's shard stops delivering to s (presence
+	// included) before it sees its own leave.
 	h.shards[m.shard].push(item{kind: opRemove, ch: c, sub: s, enc: m.enc})
 	if m.active {
 		c.present--
-		if m.listener >= 0 {
+		if m.listener {
 			c.removeListener(m)
 			h.listeners.Add(-1)
 		}
@@ -422,12 +525,19 @@ func (h *Hub) remove(c *channel, s Subscriber, m *member) bool {
 	return true
 }
 
-// presencePush sends join (or leave) of info to c's presence listeners,
-// encoding it once per encoding they use. Called with c.mu held.
+// presencePush queues join (or leave) of info to the shards holding c's
+// presence listeners, encoded once per encoding they use; the workers hand
+// it to the listeners in order with the channel's publications. Called
+// with c.mu held, which orders it with publications and with the
+// activate and remove ops that make subscribers listeners or not. It
+// costs O(encodings + shards) whatever the number of listeners.
 func (h *Hub) presencePush(c *channel, join bool, info codec.ClientInfo) {
-	for i := range c.listeners {
-		ls := c.listeners[i]
-		if len(ls) == 0 {
+	if c.listenShards == 0 {
+		return
+	}
+	d := &delivery{}
+	for i, n := range c.listenEnc {
+		if n == 0 {
 			continue
 		}
 		enc := codec.Encoding(i + 1)
@@ -437,22 +547,39 @@ func (h *Hub) presencePush(c *channel, join bool, info codec.ClientInfo) {
 		} else {
 			f.B = codec.AppendLeave(f.B, enc, c.name, info)
 		}
-		f.Finish(opcode(enc))
-		if len(ls) > 1 {
-			f.Retain(len(ls) - 1)
+		d.frames[i] = f.Finish(opcode(enc))
+		if c.listenShards > 1 {
+			f.Retain(c.listenShards - 1)
 		}
-		for _, s := range ls {
-			s.Send(f)
+	}
+	for i, n := range c.listenShard {
+		if n > 0 {
+			h.shards[i].push(item{kind: opPresence, ch: c, d: d})
 		}
-		h.presence.Add(uint64(len(ls)))
 	}
 }
 
 // Publish publishes data, one complete value in enc, to channel as info.
 // The data is copied and transcoded once to the other encoding; data that
-// fails to transcode returns an error wrapping ErrBadData. It returns the
-// publication's position.
+// fails to transcode returns an error wrapping ErrBadData, data larger
+// than MaxPublicationBytes in either encoding one wrapping ErrTooLarge.
+// While the channel's fan-out is backlogged it waits, until there is room,
+// ctx ends or the hub closes; a publish to a channel that is not
+// backlogged never waits, whatever other channels do. It returns the
+// publication's position. Publish is for callers that may block (the HTTP
+// API); code on a network poller uses TryPublish.
 func (h *Hub) Publish(ctx context.Context, channel string, data []byte, enc codec.Encoding, info codec.ClientInfo) (codec.StreamPosition, error) {
+	return h.publish(ctx, channel, data, enc, info, true)
+}
+
+// TryPublish is Publish that never waits: when the channel's fan-out is
+// backlogged it returns ErrBackpressure at once (the engine replies
+// rate_limited) and publishes nothing.
+func (h *Hub) TryPublish(ctx context.Context, channel string, data []byte, enc codec.Encoding, info codec.ClientInfo) (codec.StreamPosition, error) {
+	return h.publish(ctx, channel, data, enc, info, false)
+}
+
+func (h *Hub) publish(ctx context.Context, channel string, data []byte, enc codec.Encoding, info codec.ClientInfo, wait bool) (codec.StreamPosition, error) {
 	if h.closed.Load() {
 		return codec.StreamPosition{}, ErrClosed
 	}
@@ -461,6 +588,21 @@ func (h *Hub) Publish(ctx context.Context, channel string, data []byte, enc code
 	}
 	if !validEncoding(enc) {
 		return codec.StreamPosition{}, ErrBadEncoding
+	}
+	if len(data) > h.maxPub {
+		h.tooLarge.Add(1)
+		return codec.StreamPosition{}, fmt.Errorf("%w: %d bytes of %v, limit %d", ErrTooLarge, len(data), enc, h.maxPub)
+	}
+	// Before the copy and transcoding: a refused publish costs little. A
+	// channel without subscribers here has nothing queued.
+	if c := h.lookup(channel); c != nil && c.backlogged() {
+		if !wait {
+			h.refused.Add(1)
+			return codec.StreamPosition{}, ErrBackpressure
+		}
+		if err := h.waitForRoom(ctx, c); err != nil {
+			return codec.StreamPosition{}, err
+		}
 	}
 	other := codec.JSON
 	if enc == codec.JSON {
@@ -473,14 +615,16 @@ func (h *Hub) Publish(ctx context.Context, channel string, data []byte, enc code
 	if err != nil {
 		return codec.StreamPosition{}, fmt.Errorf("%w: %w", ErrBadData, err)
 	}
+	if len(t) > h.maxPub {
+		// Small msgpack strings of control bytes grow sixfold in JSON.
+		h.tooLarge.Add(1)
+		return codec.StreamPosition{}, fmt.Errorf("%w: %d bytes as %v, limit %d", ErrTooLarge, len(t), other, h.maxPub)
+	}
 	pub := &codec.Publication{Info: info}
 	if enc == codec.JSON {
 		pub.JSON, pub.Msgpack = buf[:len(data):len(data)], t
 	} else {
 		pub.Msgpack, pub.JSON = buf[:len(data):len(data)], t
-	}
-	if err := h.waitForRoom(ctx); err != nil {
-		return codec.StreamPosition{}, err
 	}
 	pos, err := h.broker.Publish(ctx, channel, pub)
 	if err != nil {
@@ -490,54 +634,28 @@ func (h *Hub) Publish(ctx context.Context, channel string, data []byte, enc code
 	return pos, nil
 }
 
-// backlogged reports whether some shard holds more than maxPendingPubs
-// publications not yet fanned out.
-func (h *Hub) backlogged() bool {
-	for _, sh := range h.shards {
-		if sh.pendingPubs.Load() > maxPendingPubs {
-			return true
-		}
-	}
-	return false
-}
-
-// waitForRoom blocks while the fan-out is backlogged, until a shard drains,
-// ctx ends or the hub closes.
-func (h *Hub) waitForRoom(ctx context.Context) error {
-	if !h.backlogged() {
-		return nil
-	}
+// waitForRoom blocks while c's fan-out is backlogged, until its shards
+// drain, ctx ends or the hub closes.
+func (h *Hub) waitForRoom(ctx context.Context, c *channel) error {
 	h.throttled.Add(1)
 	for {
-		h.roomMu.Lock()
-		ch := h.roomCh
-		h.roomWaiting.Store(true)
-		h.roomMu.Unlock()
-		// Re-check after registering: a shard that drained before it saw
+		room := c.waitRoom()
+		// Re-check after registering: a worker that drained before it saw
 		// roomWaiting did not signal.
-		if !h.backlogged() {
+		if !c.backlogged() {
 			return nil
 		}
 		if h.closed.Load() {
 			return ErrClosed
 		}
 		select {
-		case <-ch:
+		case <-room:
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-h.done:
+			return ErrClosed
 		}
 	}
-}
-
-// signalRoom wakes every publisher waiting in waitForRoom.
-func (h *Hub) signalRoom() {
-	h.roomMu.Lock()
-	if h.roomWaiting.Load() {
-		close(h.roomCh)
-		h.roomCh = make(chan struct{})
-		h.roomWaiting.Store(false)
-	}
-	h.roomMu.Unlock()
 }
 
 // Presence returns the clients subscribed to channel on this hub (whose
@@ -577,18 +695,104 @@ func (h *Hub) PresenceCount(channel string) (int, error) {
 	return c.present, nil
 }
 
-// History returns the channel's position and its newest limit publications
-// (all it holds when limit is 0 or more than it holds), oldest first. The
-// publications are shared: do not modify them.
+// HistoryResult is a history reply's content.
+type HistoryResult struct {
+	// Position is the channel's epoch and newest offset.
+	Position codec.StreamPosition
+	// Publications are the newest ones asked for that fit in
+	// MaxReplyBytes, oldest first. They are shared: do not modify them.
+	Publications []*codec.Publication
+	// Truncated is set when older publications within the limit were left
+	// out to fit (the reply's optional "truncated":true).
+	Truncated bool
+}
+
+// HistoryFor returns the channel's position and its newest limit
+// publications (all it holds when limit is 0 or more than it holds),
+// oldest first, cut to the newest that fit in a reply of MaxReplyBytes in
+// enc. Encode the reply with codec.AppendHistoryReply.
+func (h *Hub) HistoryFor(channel string, limit int, enc codec.Encoding) (HistoryResult, error) {
+	if h.closed.Load() {
+		return HistoryResult{}, ErrClosed
+	}
+	if !validEncoding(enc) {
+		return HistoryResult{}, ErrBadEncoding
+	}
+	return h.history(channel, limit, enc)
+}
+
+// History is HistoryFor for a reply in either encoding: the publications
+// fit in MaxReplyBytes in both, and whether some were cut is not told.
 func (h *Hub) History(channel string, limit int) (codec.StreamPosition, []*codec.Publication, error) {
 	if h.closed.Load() {
 		return codec.StreamPosition{}, nil, ErrClosed
 	}
+	r, err := h.history(channel, limit, 0)
+	return r.Position, r.Publications, err
+}
+
+func (h *Hub) history(channel string, limit int, enc codec.Encoding) (HistoryResult, error) {
 	if limit <= 0 {
 		limit = -1
 	}
 	pubs, pos, err := h.broker.History(context.Background(), channel, nil, limit)
-	return pos, pubs, err
+	if err != nil {
+		return HistoryResult{}, err
+	}
+	kept := newestFitting(enc, pos, pubs, h.maxReply)
+	if len(kept) < len(pubs) {
+		h.truncated.Add(1)
+	}
+	return HistoryResult{Position: pos, Publications: kept, Truncated: len(kept) < len(pubs)}, nil
+}
+
+// Reply size bounds. The bound of a reply is computed from lengths, without
+// encoding it: an upper bound of the reply's size.
+const (
+	// replyOverhead bounds a subscribe or history reply without its
+	// publications and epoch (keys, id, offset, brackets).
+	replyOverhead = 128
+	// pubOverheadInReply bounds one publication entry without its data and
+	// strings (keys, offset, brackets, separator).
+	pubOverheadInReply = 112
+)
+
+// pubReplyBound bounds the bytes p adds to a reply in enc; enc 0 means
+// whichever encoding is larger. JSON escapes a string byte into at most 6.
+func pubReplyBound(enc codec.Encoding, p *codec.Publication) int {
+	strs := len(p.Channel) + len(p.Epoch) + len(p.Info.Client) + len(p.Info.User)
+	j := pubOverheadInReply + 6*strs + len(p.JSON)
+	m := pubOverheadInReply + strs + len(p.Msgpack)
+	switch enc {
+	case codec.JSON:
+		return j
+	case codec.Msgpack:
+		return m
+	}
+	return max(j, m)
+}
+
+// fitsReply reports whether a reply carrying pubs stays within limit bytes.
+func fitsReply(enc codec.Encoding, pos codec.StreamPosition, pubs []*codec.Publication, limit int) bool {
+	n := replyOverhead + 6*len(pos.Epoch)
+	for _, p := range pubs {
+		if n += pubReplyBound(enc, p); n > limit {
+			return false
+		}
+	}
+	return n <= limit
+}
+
+// newestFitting returns the newest of pubs (a tail of it) whose reply
+// stays within limit bytes.
+func newestFitting(enc codec.Encoding, pos codec.StreamPosition, pubs []*codec.Publication, limit int) []*codec.Publication {
+	n := replyOverhead + 6*len(pos.Epoch)
+	for i := len(pubs) - 1; i >= 0; i-- {
+		if n += pubReplyBound(enc, pubs[i]); n > limit {
+			return pubs[i+1:]
+		}
+	}
+	return pubs
 }
 
 // broadcast queues pub to the shards holding subscribers of ch, encoded
@@ -618,6 +822,9 @@ func (h *Hub) broadcast(ch string, pub *codec.Publication) {
 		}
 		h.encodes.Add(1)
 	}
+	// In flight until every shard it is queued to has handed it out.
+	d.left.Store(int32(c.activeShards))
+	c.inflight.Add(1)
 	for i, n := range c.shardCount {
 		if n > 0 {
 			h.shards[i].push(item{kind: opPub, ch: c, d: d})

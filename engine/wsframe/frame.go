@@ -36,6 +36,9 @@ var (
 
 	// built counts frames finished since process start (see Built).
 	built atomic.Uint64
+	// live counts frames taken with Get and not yet released for the last
+	// time (see Live).
+	live atomic.Int64
 )
 
 var reserved [MaxHeaderLen]byte
@@ -48,6 +51,7 @@ func Get() *Frame {
 	f.B = append(f.bb.B[:0], reserved[:]...)
 	f.start = 0
 	f.refs.Store(1)
+	live.Add(1)
 	return f
 }
 
@@ -113,20 +117,16 @@ func (f *Frame) Release() {
 	}
 	// Put sees the used length: bytebufferpool calibrates its size classes
 	// from it and would drop every buffer as oversized if it saw zero.
+	live.Add(-1)
 	f.bb.B = f.B
 	bufferPool.Put(f.bb)
 	f.bb, f.B = nil, nil
 	framePool.Put(f)
 }
 
-// Abandon drops one reference without ever recycling the buffer. A writer
-// whose socket failed mid-write calls it because the poller may still hold
-// the bytes; the garbage collector reclaims them once nobody does.
-func (f *Frame) Abandon() {
-	if f.refs.Add(-1) == 0 {
-		f.bb, f.B = nil, nil
-	}
-}
+// Live reports how many frames are held: taken with Get and not yet
+// released by their last holder. Leak checks compare it before and after.
+func Live() int64 { return live.Load() }
 
 // Built reports how many frames have been finished since the process
 // started. Tests use it to prove that a broadcast is encoded once.

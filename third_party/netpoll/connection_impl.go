@@ -52,6 +52,63 @@ type connection struct {
 	maxSize       int       // The maximum size of data between two Release().
 	bookSize      int       // The size of data that can be read at once.
 	state         connState // Connection state should be changed sequentially.
+
+	// fanout patch (read pause): while more than inputLimit bytes are
+	// buffered and unread, the poller stops reading the socket (the kernel's
+	// receive window then pushes back on the sender); a Release that brings
+	// the buffer under the limit resumes. 0: no limit (upstream behaviour).
+	inputLimit int64
+	readPaused int32
+	pauseMu    sync.Mutex
+}
+
+// SetInputLimit bounds the input the poller buffers for this connection
+// ahead of its reader (fanout patch; see connection.inputLimit). n <= 0
+// removes the bound. Not for connections that also flush through netpoll's
+// Writer: a paused connection waits for no event but errors.
+func (c *connection) SetInputLimit(n int) {
+	if n < 0 {
+		n = 0
+	}
+	atomic.StoreInt64(&c.inputLimit, int64(n))
+}
+
+// pauseRead stops reading the socket if the input is still over limit.
+// Called by the poller (inputs). The second length check, after readPaused
+// is set, pairs with resumeRead's check of readPaused after its Release: one
+// of the two sees the other's change, so a pause never outlives the input
+// it was for.
+func (c *connection) pauseRead(limit int64) bool {
+	c.pauseMu.Lock()
+	defer c.pauseMu.Unlock()
+	atomic.StoreInt32(&c.readPaused, 1)
+	if int64(c.inputBuffer.Len()) < limit {
+		atomic.StoreInt32(&c.readPaused, 0)
+		return false
+	}
+	if err := c.operator.Control(PollPauseRead); err != nil {
+		atomic.StoreInt32(&c.readPaused, 0)
+		return false
+	}
+	return true
+}
+
+// resumeRead reads the socket again once the input is under the limit.
+// Called by the reader after a Release.
+func (c *connection) resumeRead() {
+	if atomic.LoadInt32(&c.readPaused) == 0 {
+		return
+	}
+	c.pauseMu.Lock()
+	defer c.pauseMu.Unlock()
+	limit := atomic.LoadInt64(&c.inputLimit)
+	if atomic.LoadInt32(&c.readPaused) == 0 || (limit > 0 && int64(c.inputBuffer.Len()) >= limit) {
+		return
+	}
+	if c.IsActive() {
+		_ = c.operator.Control(PollResumeRead)
+	}
+	atomic.StoreInt32(&c.readPaused, 0)
 }
 
 var (
@@ -178,7 +235,9 @@ func (c *connection) Release() (err error) {
 		}
 		c.operator.done()
 	}
-	return c.inputBuffer.Release()
+	err = c.inputBuffer.Release()
+	c.resumeRead()
+	return err
 }
 
 // Slice implements Connection.

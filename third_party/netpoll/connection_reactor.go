@@ -83,6 +83,9 @@ func (c *connection) closeBuffer() {
 
 // inputs implements FDOperator.
 func (c *connection) inputs(vs [][]byte) (rs [][]byte) {
+	if limit := atomic.LoadInt64(&c.inputLimit); limit > 0 && int64(c.inputBuffer.Len()) >= limit && c.pauseRead(limit) {
+		return vs[:0]
+	}
 	vs[0] = c.inputBuffer.book(c.bookSize, c.maxSize)
 	return vs[:1]
 }
@@ -95,7 +98,7 @@ func (c *connection) inputAck(n int) (err error) {
 	}
 
 	// Auto size bookSize.
-	if n == c.bookSize && c.bookSize < mallocMax {
+	if n == c.bookSize && c.bookSize < mallocMax && (atomic.LoadInt64(&c.inputLimit) == 0 || int64(c.bookSize) < atomic.LoadInt64(&c.inputLimit)) {
 		c.bookSize <<= 1
 	}
 

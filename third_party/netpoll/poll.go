@@ -63,4 +63,11 @@ const (
 
 	// PollRW2R is used to remove the writable monitor of FDOperator, generally used with PollR2RW.
 	PollRW2R PollEvent = 0x6
+
+	// PollPauseRead stops monitoring readability (fanout patch): only errors
+	// and hang-ups are reported until PollResumeRead.
+	PollPauseRead PollEvent = 0x7
+
+	// PollResumeRead monitors readability again after PollPauseRead.
+	PollResumeRead PollEvent = 0x8
 )
