@@ -83,7 +83,7 @@ run_flood() {
 jget() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))" "$@" 2>/dev/null || echo nan; }
 
 port=9301
-SERVERS="fanout gorilla gws nbio"
+SERVERS=${SERVERS:-"fanout gorilla gws nbio"}
 for name in $SERVERS; do
   port=$((port + 10))
   read_first=""; [ "$name" = fanout ] && read_first="--read-first"
