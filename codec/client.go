@@ -124,6 +124,8 @@ func (d *serverDecoder) field(key []byte) error {
 		d.data, err = r.raw()
 	case "recovered":
 		m.Recovered, err = r.bool()
+	case "truncated":
+		m.Truncated, err = r.bool()
 	case "count":
 		var v uint64
 		v, _, err = r.uint()

@@ -81,6 +81,9 @@ func TestDecodeServerMessage(t *testing.T) {
 		{"history ok", func(d []byte, e Encoding) []byte {
 			return AppendHistoryOK(d, e, 4, StreamPosition{"ep1", 8}, []*Publication{p2})
 		}, ServerMessage{ID: 4, HasID: true, OK: true, Epoch: "ep1", Offset: 8, Publications: []Publication{pubWant(p2)}}},
+		{"history reply truncated", func(d []byte, e Encoding) []byte {
+			return AppendHistoryReply(d, e, 4, StreamPosition{"ep1", 8}, []*Publication{p2}, true)
+		}, ServerMessage{ID: 4, HasID: true, OK: true, Epoch: "ep1", Offset: 8, Publications: []Publication{pubWant(p2)}, Truncated: true}},
 		{"presence ok", func(d []byte, e Encoding) []byte {
 			return AppendPresenceOK(d, e, 5, []ClientInfo{info, {Client: "c2"}})
 		}, ServerMessage{ID: 5, HasID: true, OK: true, Count: 2, Clients: []ClientInfo{info, {Client: "c2"}}}},

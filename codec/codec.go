@@ -138,6 +138,9 @@ type ServerMessage struct {
 	Offset       uint64
 	Recovered    bool
 	Publications []Publication
+	// Truncated: a history reply left older publications out to stay
+	// under the server's reply size bound (optional field "truncated").
+	Truncated bool
 	// presence reply.
 	Count   int
 	Clients []ClientInfo

@@ -180,6 +180,27 @@ func AppendHistoryOK(dst []byte, enc Encoding, id uint64, pos StreamPosition, pu
 	return append(dst, '}')
 }
 
+// AppendHistoryReply is AppendHistoryOK with the optional "truncated" field:
+// when truncated is set it appends
+// {"id","ok":true,"epoch","offset","publications","truncated":true}, telling
+// the client that older publications within its limit were left out to keep
+// the reply under the server's reply size bound; when it is not, the reply
+// is exactly AppendHistoryOK's.
+func AppendHistoryReply(dst []byte, enc Encoding, id uint64, pos StreamPosition, pubs []*Publication, truncated bool) []byte {
+	if !truncated {
+		return AppendHistoryOK(dst, enc, id, pos, pubs)
+	}
+	dst = appendOKHead(dst, enc, id, 6)
+	if enc == Msgpack {
+		dst = mpAppendPosition(dst, pos)
+		dst = mpAppendPubs(dst, pubs)
+		return append(dst, "\xa9truncated\xc3"...)
+	}
+	dst = appendPositionJSON(dst, pos)
+	dst = appendPubsJSON(dst, pubs)
+	return append(dst, `,"truncated":true}`...)
+}
+
 func appendPositionJSON(dst []byte, pos StreamPosition) []byte {
 	dst = append(dst, `,"epoch":`...)
 	dst = appendJSONString(dst, pos.Epoch)

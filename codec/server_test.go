@@ -64,6 +64,13 @@ func serverCases(t testing.TB) []serverCase {
 			`{"channel":"chat:1","epoch":"ep1","offset":8,"data":"plain \"string\" \u2028","info":{"client":"cli-1","user":"alice"}}]}`},
 		{"history ok empty", func(d []byte, e Encoding) []byte { return AppendHistoryOK(d, e, 8, StreamPosition{}, []*Publication{}) },
 			`{"id":8,"ok":true,"epoch":"","offset":0,"publications":[]}`},
+		{"history reply truncated", func(d []byte, e Encoding) []byte {
+			return AppendHistoryReply(d, e, 7, StreamPosition{"ep1", 8}, []*Publication{p2}, true)
+		}, `{"id":7,"ok":true,"epoch":"ep1","offset":8,"publications":[` +
+			`{"channel":"chat:1","epoch":"ep1","offset":8,"data":"plain \"string\" \u2028","info":{"client":"cli-1","user":"alice"}}],"truncated":true}`},
+		{"history reply not truncated", func(d []byte, e Encoding) []byte {
+			return AppendHistoryReply(d, e, 8, StreamPosition{}, nil, false)
+		}, `{"id":8,"ok":true,"epoch":"","offset":0,"publications":[]}`},
 		{"presence ok", func(d []byte, e Encoding) []byte {
 			return AppendPresenceOK(d, e, 9, []ClientInfo{info, {Client: "c3", User: ""}})
 		}, `{"id":9,"ok":true,"count":2,"clients":[{"client":"c1","user":"bob"},{"client":"c3","user":""}]}`},

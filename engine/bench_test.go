@@ -69,7 +69,7 @@ func BenchmarkReadFrame(b *testing.B) {
 		{"mode=protocol/op=ping", false, []byte(`{"op":"ping","id":12345}`)},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			s := benchServer(b, Config{Echo: tc.echo})
+			s := benchServer(b, Config{Echo: tc.echo, CommandRate: -1})
 			c := &Conn{srv: s, fd: int(devnull.Fd()), enc: codec.JSON}
 			c.state.Store(stateOpen)
 			op := ws.OpText

@@ -2,7 +2,6 @@ package engine
 
 import (
 	"log/slog"
-	"sync/atomic"
 	"time"
 
 	"github.com/fanout-dev/fanout/engine/hub"
@@ -110,25 +109,45 @@ type Config struct {
 
 	// HistorySize is the number of publications kept per channel. If zero, 100.
 	HistorySize int
-	// HistoryTTL drops publications older than this. If zero, never.
+	// HistoryTTL drops publications older than this, and frees the history
+	// of channels idle that long by itself. If zero, 5 min; if negative,
+	// never.
 	HistoryTTL time.Duration
+	// HistoryBytes bounds the memory of all channels' history together:
+	// past it, the oldest publications of the least recently published
+	// channel are evicted first. If zero, 128 MiB; if negative, unbounded.
+	HistoryBytes int64
+	// HistoryChannels caps the channels holding history: past it, the
+	// least recently published channel loses its history. If zero,
+	// 100,000; if negative, no cap.
+	HistoryChannels int
+	// MaxReplyBytes bounds a subscribe or history reply, so that one reply
+	// cannot overflow a reader's write queue: history keeps the newest
+	// publications that fit (and says "truncated":true), a recovery that
+	// does not fit answers recovered:false with none. If zero, three
+	// quarters of WriteQueueBytes, at most 768 KiB; if negative, no bound.
+	MaxReplyBytes int
 	// Broker connects the hub to other nodes. If nil, the in-memory broker.
 	Broker hub.Broker
 	// APIKey enables POST /api/publish for requests bearing it. If empty,
 	// the endpoint answers 404.
 	APIKey string
 
-	// Pprof mounts net/http/pprof under /debug/pprof/ on the server's port.
-	// Default false: profiles expose internals.
+	// Pprof mounts net/http/pprof under /debug/pprof/ (on AdminAddr when
+	// set, else on the server's port). Default false: profiles expose
+	// internals.
 	Pprof bool
+	// AdminAddr, when set, is a second address (e.g. "127.0.0.1:9090")
+	// that serves /metrics, /healthz and, with Pprof, the profiles; the
+	// public port then does not serve them (404). If empty, they are served
+	// on the public port.
+	AdminAddr string
+	// AdminAPI serves /api/* on AdminAddr only, so a backend reaches the
+	// API on a private network. Ignored without AdminAddr. Default false.
+	AdminAPI bool
 
 	// Logger receives the server's logs. If nil, slog.Default().
 	Logger *slog.Logger
-
-	// reassembly is the server's running total against MaxReassemblyBytes:
-	// state, not configuration, set by withDefaults so that each Server
-	// (which keeps its own copy of the Config) gets its own.
-	reassembly *atomic.Int64
 }
 
 func (c Config) withDefaults() Config {
@@ -142,7 +161,6 @@ func (c Config) withDefaults() Config {
 	if c.MaxReassemblyBytes == 0 {
 		c.MaxReassemblyBytes = 256 << 20
 	}
-	c.reassembly = new(atomic.Int64)
 	if c.MaxSubscriptionsPerConn == 0 {
 		c.MaxSubscriptionsPerConn = 1024
 	}

@@ -54,15 +54,15 @@ type Conn struct {
 	// per-connection context value is allocated.
 	context.Context
 
-	srv  *Server
-	nc   netpoll.Connection
-	fd   int
-	id   uint64 // key of the connection in the write poller
+	srv *Server
+	nc  netpoll.Connection
+	fd  int
+	id  uint64 // key of the connection in the write poller
 	// wheel is the connection's place in the sweeper's timing wheel, under
 	// the wheel's lock.
 	wheel wheelSlot
-	info codec.ClientInfo
-	enc  codec.Encoding
+	info  codec.ClientInfo
+	enc   codec.Encoding
 
 	state      atomic.Uint32
 	lastActive atomic.Int64 // server clock (unix nanos) of the last frame read
@@ -75,8 +75,10 @@ type Conn struct {
 	blockedSince atomic.Int64
 	pingSent     atomic.Bool
 
-	// partialSince is the server clock when the frame (or request head) at
-	// the start of inbuf began, 0 when inbuf is empty; the sweeper reads it.
+	// partialSince is the server clock when the input still incomplete
+	// began: the first fragment of a message being reassembled, else the
+	// frame (or request head) at the start of inbuf; 0 when there is none.
+	// The sweeper closes the connection FrameTimeout after it (markPartial).
 	partialSince atomic.Int64
 
 	// busy is set while the connection reads often enough to be served on
@@ -538,10 +540,7 @@ func (c *Conn) onClosed() {
 		return
 	}
 	c.dropInbuf()
-	if c.frag != nil {
-		bytebufferpool.Put(c.frag)
-		c.frag = nil
-	}
+	c.dropFrag()
 	c.srv.connClosed(c, prev)
 	if prev == stateHTTP && c.httpHead != nil {
 		head := c.httpHead

@@ -19,7 +19,9 @@
 //  3. read: onRequest never waits. It parses each complete frame in place
 //     from netpoll's nocopy buffer, unmasks it in place and handles it; the
 //     start of an incomplete frame is copied to Conn.inbuf (pooled), which
-//     must complete within FrameTimeout of its first byte. All input is
+//     must complete within FrameTimeout of its first byte; so must a
+//     fragmented message, from its first fragment to its final one, and
+//     all connections together hold at most MaxReassemblyBytes of both. All input is
 //     always consumed, since netpoll calls OnRequest again while input
 //     remains. Because it never waits, a busy connection's onRequest runs on
 //     the poller goroutine itself (runCallback).

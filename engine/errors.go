@@ -52,14 +52,20 @@ var (
 	errExpectedCont     = &CloseError{CloseProtocolError, "new data frame inside a fragmented message"}
 	errBadCloseCode     = &CloseError{CloseProtocolError, "invalid close code"}
 	errBadClosePayload  = &CloseError{CloseProtocolError, "close payload of one byte"}
-	errFrameTimeout     = &CloseError{CloseProtocolError, "frame not completed in time"}
+	errFrameTimeout     = &CloseError{CloseProtocolError, "frame or fragmented message not completed in time"}
 	errWrongKindJSON    = &CloseError{CloseUnsupported, "binary frame on a fanout.v1.json connection"}
 	errWrongKindMsgpack = &CloseError{CloseUnsupported, "text frame on a fanout.v1.msgpack connection"}
 	errBadUTF8          = &CloseError{CloseInvalidPayload, "invalid UTF-8 in text message"}
 	errBadCloseReason   = &CloseError{CloseInvalidPayload, "invalid UTF-8 in close reason"}
 	errNotObject        = &CloseError{CloseInvalidPayload, "message does not decode as an object"}
 	errSlowConsumer     = &CloseError{ClosePolicy, "slow consumer"}
+	errRateLimit        = &CloseError{ClosePolicy, "rate limit exceeded"}
 	errTooBig           = &CloseError{CloseTooBig, "message too big"}
+	// errReassemblyBudget: the server-wide MaxReassemblyBytes is spent.
+	// 1009 ("a message that is too big for it to process", RFC 6455
+	// 7.4.1), not 1008: the server cannot take this message now, but the
+	// client broke no policy, and its remedy is that of any 1009.
+	errReassemblyBudget = &CloseError{CloseTooBig, "message too big for the server's reassembly budget"}
 )
 
 // validCloseCode reports whether a client may send code in a close frame

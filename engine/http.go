@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"net/http/pprof"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/fanout-dev/fanout/codec"
 	"github.com/fanout-dev/fanout/engine/hub"
@@ -22,9 +24,21 @@ import (
 // MaxMessageBytes of data: the JSON envelope and channel name.
 const maxPublishBodyOverhead = 4 << 10
 
-// httpHandler routes the ordinary HTTP requests of the port.
+// apiPublishWait bounds how long POST /api/publish waits for a backlogged
+// channel before answering 503.
+const apiPublishWait = 5 * time.Second
+
+// httpHandler routes the ordinary HTTP requests of the public port. With
+// AdminAddr set, the metrics and profiles (and with AdminAPI the API) are
+// served by adminHandler on that address instead.
 func (s *Server) httpHandler() http.Handler {
 	mux := http.NewServeMux()
+	if s.cfg.AdminAddr == "" {
+		s.routeAdmin(mux)
+	}
+	if s.cfg.AdminAddr == "" || !s.cfg.AdminAPI {
+		s.routeAPI(mux)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = io.WriteString(w, "ok\n")
@@ -38,13 +52,32 @@ func (s *Server) httpHandler() http.Handler {
 		}
 		_, _ = io.WriteString(w, "ready\n")
 	})
-	mux.Handle("GET /metrics", s.metrics)
-	mux.HandleFunc("POST /api/publish", s.apiPublish)
 	mux.HandleFunc("/ws", func(w http.ResponseWriter, _ *http.Request) {
 		// Reached only when a connection that already served plain HTTP
 		// asks for an upgrade: upgrades happen on fresh connections.
 		http.Error(w, "WebSocket upgrades must use a new connection", http.StatusBadRequest)
 	})
+	mux.Handle("/", web.Handler())
+	return mux
+}
+
+// adminHandler routes the admin port (AdminAddr): health, metrics,
+// profiles with Pprof, and the API with AdminAPI.
+func (s *Server) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	s.routeAdmin(mux)
+	if s.cfg.AdminAPI {
+		s.routeAPI(mux)
+	}
+	return mux
+}
+
+// routeAdmin adds what exposes the server's internals.
+func (s *Server) routeAdmin(mux *http.ServeMux) {
+	mux.Handle("GET /metrics", s.metrics)
 	if s.cfg.Pprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
@@ -52,8 +85,11 @@ func (s *Server) httpHandler() http.Handler {
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
-	mux.Handle("/", web.Handler())
-	return mux
+}
+
+// routeAPI adds the server-side API.
+func (s *Server) routeAPI(mux *http.ServeMux) {
+	mux.HandleFunc("POST /api/publish", s.apiPublish)
 }
 
 // apiPublish implements POST /api/publish: {"channel":"c","data":<any>} with
@@ -98,10 +134,22 @@ func (s *Server) apiPublish(w http.ResponseWriter, r *http.Request) {
 		writeJSONError(w, http.StatusBadRequest, "missing data")
 		return
 	}
-	pos, err := s.hub.Publish(r.Context(), req.Channel, req.Data, codec.JSON, codec.ClientInfo{})
+	// A backend may wait for a backlogged channel (unlike a WebSocket
+	// client, whose reader must not), but not for ever.
+	ctx, cancel := context.WithTimeout(r.Context(), apiPublishWait)
+	defer cancel()
+	pos, err := s.hub.Publish(ctx, req.Channel, req.Data, codec.JSON, codec.ClientInfo{})
 	if err != nil {
-		if errors.Is(err, hub.ErrBadData) {
+		switch {
+		case errors.Is(err, hub.ErrBadData):
 			writeJSONError(w, http.StatusBadRequest, err.Error())
+			return
+		case errors.Is(err, hub.ErrTooLarge):
+			writeJSONError(w, http.StatusRequestEntityTooLarge, "data larger than the maximum message size in some encoding")
+			return
+		case errors.Is(err, context.DeadlineExceeded):
+			w.Header().Set("Retry-After", "1")
+			writeJSONError(w, http.StatusServiceUnavailable, "channel fan-out backlogged; retry later")
 			return
 		}
 		s.log.Warn("api publish failed", "channel", req.Channel, "err", err)
@@ -146,9 +194,12 @@ func (s *Server) newMetricsHandler() http.Handler {
 	counter("messages_received_total", "WebSocket data messages received.", st.messagesIn.Load)
 	counter("command_errors_total", "Error replies sent.", st.commandErrors.Load)
 	counter("writev_total", "Direct writev calls.", st.writevs.Load)
-	counter("blocked_flushes_total", "Writes that waited for a full socket.", st.flushes.Load)
+	counter("socket_full_waits_total", "Times a socket was full and the write poller waited for it.", st.flushes.Load)
+	counter("write_timeouts_total", "Connections dropped because their socket took nothing for --write-timeout.", st.writeTimeouts.Load)
 	counter("slow_consumers_total", "Connections closed 1008 for a full write queue.", st.slowConsumers.Load)
+	counter("commands_rate_limited_total", "Commands refused rate_limited by the per-connection command rate.", st.rateLimited.Load)
 	gauge("connections", "Open WebSocket connections.", func() float64 { return float64(st.open.Load()) })
+	gauge("reassembly_bytes", "Bytes held for messages not fully arrived (fragments, large frames), against --max-reassembly-bytes.", func() float64 { return float64(s.reassembly.Load()) })
 	closes := prometheus.NewDesc("fanout_closes_sent_total", "Close frames sent, by code.", []string{"code"}, nil)
 	reg.MustRegister(collectorFunc{desc: closes, collect: func(ch chan<- prometheus.Metric) {
 		for i := range st.closes {
@@ -180,6 +231,14 @@ func (s *Server) newMetricsHandler() http.Handler {
 		{hubDesc("not_recovered_total", "Subscribes whose recovery had a gap."), prometheus.CounterValue, func(h hub.Stats) float64 { return float64(h.NotRecovered) }},
 		{hubDesc("throttled_publishes_total", "Publishes that waited for a backlogged fan-out."), prometheus.CounterValue, func(h hub.Stats) float64 { return float64(h.Throttled) }},
 		{hubDesc("presence_pushes_total", "Join and leave pushes sent."), prometheus.CounterValue, func(h hub.Stats) float64 { return float64(h.Presence) }},
+		{hubDesc("backpressure_refusals_total", "Publishes answered rate_limited because their channel's fan-out was backlogged."), prometheus.CounterValue, func(h hub.Stats) float64 { return float64(h.Refused) }},
+		{hubDesc("too_large_total", "Publishes refused because an encoding of them exceeded the maximum message size."), prometheus.CounterValue, func(h hub.Stats) float64 { return float64(h.TooLarge) }},
+		{hubDesc("replies_truncated_total", "History replies cut and recoveries refused by the reply size bound."), prometheus.CounterValue, func(h hub.Stats) float64 { return float64(h.Truncated) }},
+		{hubDesc("history_bytes", "Memory held by history, as counted against --history-bytes."), prometheus.GaugeValue, func(h hub.Stats) float64 { return float64(h.HistoryBytes) }},
+		{hubDesc("history_channels", "Channels holding history."), prometheus.GaugeValue, func(h hub.Stats) float64 { return float64(h.HistoryChannels) }},
+		{hubDesc("history_expired_total", "Publications dropped from history by --history-ttl."), prometheus.CounterValue, func(h hub.Stats) float64 { return float64(h.HistoryExpired) }},
+		{hubDesc("history_evicted_bytes_total", "Publications evicted from history by the --history-bytes budget (oldest first)."), prometheus.CounterValue, func(h hub.Stats) float64 { return float64(h.HistoryEvictedBytes) }},
+		{hubDesc("history_evicted_channels_total", "Publications evicted from history by the --history-channels cap."), prometheus.CounterValue, func(h hub.Stats) float64 { return float64(h.HistoryEvictedChannels) }},
 	}
 	// Unchecked (no Describe): one collector reads Stats once per scrape.
 	reg.MustRegister(collectorFunc{collect: func(ch chan<- prometheus.Metric) {

@@ -127,6 +127,12 @@ func monotime() int64 { return int64(time.Since(processStart)) }
 func (c *Conn) keepUnread(b []byte, used int) {
 	if used < 0 || used == len(b) || c.state.Load() > stateOpen {
 		c.dropInbuf()
+		if c.state.Load() > stateOpen {
+			// Closing: a message being reassembled will never complete;
+			// its bytes go back to the budget now, not when the peer
+			// has closed its side.
+			c.dropFrag()
+		}
 		return
 	}
 	if c.inbuf == nil {
@@ -141,6 +147,7 @@ func (c *Conn) keepUnread(b []byte, used int) {
 	if !c.chargeInbuf() {
 		c.CloseWith(errReassemblyBudget)
 		c.dropInbuf()
+		c.dropFrag()
 	}
 }
 
@@ -223,8 +230,8 @@ func (s *Server) charge(n int) bool {
 	if s.cfg.MaxReassemblyBytes < 0 || n == 0 {
 		return true
 	}
-	if s.cfg.reassembly.Add(int64(n)) > int64(s.cfg.MaxReassemblyBytes) {
-		s.cfg.reassembly.Add(-int64(n))
+	if s.reassembly.Add(int64(n)) > int64(s.cfg.MaxReassemblyBytes) {
+		s.reassembly.Add(-int64(n))
 		return false
 	}
 	return true
@@ -234,7 +241,7 @@ func (s *Server) charge(n int) bool {
 // callers that reset their own count of what they hold.
 func (s *Server) uncharge(n int) int32 {
 	if s.cfg.MaxReassemblyBytes >= 0 && n != 0 {
-		s.cfg.reassembly.Add(-int64(n))
+		s.reassembly.Add(-int64(n))
 	}
 	return 0
 }
@@ -264,6 +271,12 @@ func (s *Server) readFrames(c *Conn, b []byte) int {
 		// Unmask in place: these bytes are ours until Skip.
 		ws.Cipher(payload, h.mask, 0)
 		s.stats.framesIn.Add(1)
+		if used == 0 && c.inCharged > 0 {
+			// The frame that inbuf was charged for is complete: its bytes
+			// must not count twice if they go on into c.frag (keepUnread
+			// charges what is left).
+			c.inCharged = s.uncharge(int(c.inCharged))
+		}
 		if cerr := s.handleFrame(c, h, payload); cerr != nil {
 			if cerr != errStopReading {
 				c.CloseWith(cerr)

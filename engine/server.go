@@ -3,7 +3,7 @@ package engine
 import (
 	"context"
 	"crypto/rand"
-	"encoding/hex"
+	"encoding/base32"
 
 	"fmt"
 
@@ -35,7 +35,6 @@ type Server struct {
 	hub            *hub.Hub
 	allowAnyOrigin bool
 	allowedOrigins [][]byte
-	idPrefix       string
 
 	evl      netpoll.EventLoop
 	ln       netpoll.Listener
@@ -43,19 +42,23 @@ type Server struct {
 	wheel    *timingWheel
 	httpSrv  *http.Server
 	httpLn   *handoffListener
+	adminSrv *http.Server
+	adminLn  net.Listener
 	registry registry
 	stats    stats
 	metrics  http.Handler
 
-	clock    atomic.Int64 // coarse unix nanos, advanced by the sweeper
-	clientID atomic.Uint64
-	started  atomic.Bool
-	draining atomic.Bool // Shutdown began: not ready, upgrades refused
+	clock atomic.Int64 // coarse unix nanos, advanced by the sweeper
+	// reassembly is the bytes all connections hold for messages not fully
+	// arrived, against MaxReassemblyBytes.
+	reassembly atomic.Int64
+	started    atomic.Bool
+	draining   atomic.Bool // Shutdown began: not ready, upgrades refused
 	// listenerClosed is set when Shutdown closes the listener, after the
 	// drain delay; from then on an accepted socket is not served.
 	listenerClosed atomic.Bool
-	closed   chan struct{}
-	wg       sync.WaitGroup
+	closed         chan struct{}
+	wg             sync.WaitGroup
 
 	closeOnce sync.Once
 }
@@ -101,9 +104,9 @@ func tuneNetpoll(log *slog.Logger) {
 //
 // What runs on the poller must never wait for the poller: it never closes a
 // socket with netpoll's Close (closeSocket shuts it down instead), never
-// waits in netpoll's Flush (a full socket is handed to a flusher goroutine)
-// and never blocks for long; hub.Publish may wait for a shard with a full
-// queue (backpressure), whose workers never wait for a socket.
+// waits in netpoll's Flush (a full socket is left to the write poller)
+// and never blocks: a publish to a backlogged channel is answered
+// rate_limited (hub.TryPublish) instead of waiting for it.
 func runCallback(ctx context.Context, f func()) {
 	if c, ok := ctx.(*Conn); ok && c.busy.Load() && c.state.Load() >= stateOpen {
 		f() // onRequest recovers its own panics: see there
@@ -153,20 +156,25 @@ func New(cfg Config) (*Server, error) {
 			s.allowedOrigins = append(s.allowedOrigins, []byte(strings.TrimSuffix(o, "/")))
 		}
 	}
-	var prefix [4]byte
-	_, _ = rand.Read(prefix[:])
-	s.idPrefix = hex.EncodeToString(prefix[:]) + "-"
 	s.clock.Store(time.Now().UnixNano())
 	s.registry.init()
 	s.wheel = newTimingWheel(s.sweepInterval(),
 		max(cfg.IdleTimeout/2, cfg.HandshakeTimeout, cfg.FrameTimeout, cfg.CloseTimeout, cfg.WriteTimeout, trimAfter),
 		s.clock.Load())
 
+	maxReply := cfg.MaxReplyBytes
+	if maxReply == 0 { // room in the write queue for what is queued around a reply
+		maxReply = min(hub.DefaultMaxReplyBytes, cfg.WriteQueueBytes/4*3)
+	}
 	h, err := hub.New(hub.Config{
-		HistorySize: cfg.HistorySize,
-		HistoryTTL:  cfg.HistoryTTL,
-		Broker:      cfg.Broker,
-		Logger:      cfg.Logger,
+		HistorySize:         cfg.HistorySize,
+		HistoryTTL:          cfg.HistoryTTL,
+		HistoryBytes:        cfg.HistoryBytes,
+		HistoryChannels:     cfg.HistoryChannels,
+		MaxPublicationBytes: cfg.MaxMessageBytes,
+		MaxReplyBytes:       maxReply,
+		Broker:              cfg.Broker,
+		Logger:              cfg.Logger,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("engine: hub: %w", err)
@@ -228,8 +236,8 @@ func (s *Server) Start() error {
 		// not hold a goroutine and a descriptor for as long as it likes.
 		ReadTimeout:    s.cfg.HTTPReadTimeout,
 		MaxHeaderBytes: maxRequestHeaderBytes,
-		IdleTimeout:       s.cfg.IdleTimeout,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		IdleTimeout:    s.cfg.IdleTimeout,
+		ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	evl, err := netpoll.NewEventLoop(s.onRequest,
 		netpoll.WithOnPrepare(s.onPrepare),
@@ -242,6 +250,22 @@ func (s *Server) Start() error {
 	s.evl = evl
 	s.wpoll = wp
 	s.goFunc(wp.run)
+	if s.cfg.AdminAddr != "" {
+		aln, err := net.Listen("tcp", s.cfg.AdminAddr)
+		if err != nil {
+			ln.Close()
+			wp.close(false)
+			return fmt.Errorf("engine: admin listen: %w", err)
+		}
+		s.adminLn = aln
+		s.adminSrv = &http.Server{
+			Handler:           s.adminHandler(),
+			ReadHeaderTimeout: s.cfg.HandshakeTimeout,
+			ReadTimeout:       s.cfg.HTTPReadTimeout,
+			ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		}
+		s.goFunc(func() { _ = s.adminSrv.Serve(aln) })
+	}
 	s.goFunc(func() { _ = s.httpSrv.Serve(s.httpLn) })
 	s.goFunc(func() {
 		if err := evl.Serve(ln); err != nil && !s.draining.Load() {
@@ -270,6 +294,15 @@ func (s *Server) Addr() net.Addr {
 	return s.ln.Addr()
 }
 
+// AdminAddr is the address of the admin port (valid after Start), nil
+// without Config.AdminAddr.
+func (s *Server) AdminAddr() net.Addr {
+	if s.adminLn == nil {
+		return nil
+	}
+	return s.adminLn.Addr()
+}
+
 // onPrepare runs in the poller for every accepted socket, before it is
 // registered: it creates the connection's state and arms the handshake
 // deadline.
@@ -279,7 +312,6 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 		return context.Background()
 	}
 	c := &Conn{Context: context.Background(), srv: s, nc: nc}
-	c.wheel.slot = -1
 	if f, ok := nc.(interface{ Fd() int }); ok {
 		c.fd = f.Fd()
 		if n := s.cfg.SendBufferBytes; n > 0 {
@@ -313,9 +345,19 @@ func (s *Server) connClosed(c *Conn, prev uint32) {
 	}
 }
 
+// nextClientID returns a new client id: 16 characters of base32 from 80
+// random bits. Ids are sent to everyone who shares a channel, so they must
+// not be guessable (sequential ids under a shared prefix let one client name
+// and target the next ones).
 func (s *Server) nextClientID() string {
-	return s.idPrefix + strconv.FormatUint(s.clientID.Add(1), 36)
+	var b [10]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	return clientIDEncoding.EncodeToString(b[:])
 }
+
+// clientIDEncoding is lower-case base32 without padding: ids are safe in
+// URLs, logs and CSS, and 10 bytes make exactly 16 characters.
+var clientIDEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
 
 // Shutdown drains the server: it marks /readyz not ready and refuses new
 // upgrades (503, Retry-After) for DrainDelay while serving the rest, then
@@ -353,10 +395,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for i := range s.registry.shards {
 		batch = s.registry.shards[i].snapshot(batch[:0])
 		for _, c := range batch {
+			// A connection still in its handshake is refused 503, or
+			// closed 1012 if it completes (closeIfDraining); one that
+			// stalls meets HandshakeTimeout.
 			if c.state.Load() == stateOpen {
 				s.closeRestart(c)
-			} else if c.state.Load() == stateHandshake {
-				c.closeSocket()
 			}
 		}
 	}
@@ -377,6 +420,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) closeRestart(c *Conn) {
 	ms := s.cfg.RetryAfterMin.Milliseconds() + mrand.Int64N(s.cfg.RetryAfterSpread.Milliseconds()+1)
 	c.CloseWith(&CloseError{CloseRestart, "retry_after_ms=" + strconv.FormatInt(ms, 10)})
+}
+
+// closeIfDraining closes a connection that finished its upgrade after
+// Shutdown began (it passed the draining check before the flag was set, and
+// may have missed Shutdown's walk over the open connections): it gets 1012
+// like every other.
+func (s *Server) closeIfDraining(c *Conn) {
+	if s.draining.Load() {
+		s.closeRestart(c)
+	}
 }
 
 // waitEmpty polls until every connection has closed or ctx is done.
@@ -427,6 +480,9 @@ func (s *Server) stop() {
 		}
 		if s.httpLn != nil {
 			_ = s.httpLn.Close()
+		}
+		if s.adminSrv != nil {
+			_ = s.adminSrv.Close()
 		}
 		if s.evl != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)

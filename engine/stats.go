@@ -24,6 +24,7 @@ type stats struct {
 	slowConsumers     atomic.Uint64
 	writeTimeouts     atomic.Uint64
 	sweepChecks       atomic.Uint64 // connections the sweeper visited
+	rateLimited       atomic.Uint64 // commands refused by the per-connection rate limit
 	closes            [closeCodeSlots]atomic.Uint64
 }
 

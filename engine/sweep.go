@@ -28,11 +28,11 @@ type timingWheel struct {
 	spare []*Conn
 }
 
-// wheelSlot is where a connection sits in the wheel: slot < 0 when it is in
+// wheelSlot is where a connection sits in the wheel; the zero value is in
 // none. Fields are guarded by timingWheel.mu.
 type wheelSlot struct {
 	due  int64 // tick at which the connection is checked
-	slot int32
+	slot int32 // 1 + the slot's index; 0: in none
 	pos  int32
 }
 
@@ -64,33 +64,34 @@ func (w *timingWheel) placeLocked(c *Conn, deadlineNs int64, force bool) {
 		t = max // checked early, rescheduled then
 	}
 	ws := &c.wheel
-	if ws.slot >= 0 {
+	if ws.slot != 0 {
 		if !force && ws.due <= t {
 			return
 		}
 		w.removeLocked(c)
 	}
 	i := int32(t % int64(len(w.slots)))
-	ws.due, ws.slot, ws.pos = t, i, int32(len(w.slots[i]))
+	ws.due, ws.slot, ws.pos = t, i+1, int32(len(w.slots[i]))
 	w.slots[i] = append(w.slots[i], c)
 }
 
 func (w *timingWheel) removeLocked(c *Conn) {
 	ws := &c.wheel
-	s := w.slots[ws.slot]
+	i := ws.slot - 1
+	s := w.slots[i]
 	last := len(s) - 1
 	moved := s[last]
 	s[ws.pos] = moved
 	moved.wheel.pos = ws.pos
 	s[last] = nil
-	w.slots[ws.slot] = s[:last]
-	ws.slot = -1
+	w.slots[i] = s[:last]
+	ws.slot = 0
 }
 
 // remove takes c out of the wheel (it closed).
 func (w *timingWheel) remove(c *Conn) {
 	w.mu.Lock()
-	if c.wheel.slot >= 0 {
+	if c.wheel.slot != 0 {
 		w.removeLocked(c)
 	}
 	w.mu.Unlock()
@@ -110,7 +111,7 @@ func (w *timingWheel) advance(nowNs int64, dst []*Conn) []*Conn {
 		w.now++
 		i := w.now % int64(len(w.slots))
 		for _, c := range w.slots[i] {
-			c.wheel.slot = -1
+			c.wheel.slot = 0
 			dst = append(dst, c)
 		}
 		clear(w.slots[i])

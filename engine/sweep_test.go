@@ -9,11 +9,7 @@ import (
 func TestTimingWheel(t *testing.T) {
 	const tick = int64(10 * time.Millisecond)
 	w := newTimingWheel(10*time.Millisecond, time.Second, 0)
-	newConn := func() *Conn {
-		c := &Conn{}
-		c.wheel.slot = -1
-		return c
-	}
+	newConn := func() *Conn { return &Conn{} }
 	a, b, c := newConn(), newConn(), newConn()
 	w.scheduleBy(a, 5*tick)
 	w.scheduleBy(b, 50*tick)

@@ -3,7 +3,9 @@ package engine
 import (
 	"bytes"
 	"io"
+	"strconv"
 	"sync"
+	"time"
 
 	"github.com/fanout-dev/fanout/codec"
 	"github.com/fanout-dev/fanout/engine/wsframe"
@@ -21,19 +23,27 @@ var headerEnd = []byte("\r\n\r\n")
 // head for /ws is upgraded with gobwas/ws and used is its length; any other
 // head means the connection is ordinary HTTP and detach is set. used < 0:
 // the handshake failed and the connection is closing.
+//
+// Each call searches only the bytes that are new since the previous one
+// (c.scanned; see headEnd): a client sending its head a byte at a time
+// costs time linear in the head, not quadratic.
 func (s *Server) handshake(c *Conn, b []byte) (used int, detach bool) {
-	i := bytes.Index(b, headerEnd)
-	if i < 0 {
+	end, _ := headEnd(b, int(c.scanned))
+	if end == 0 {
+		c.scanned = int32(min(len(b), maxRequestHeaderBytes))
 		if len(b) >= maxRequestHeaderBytes {
-			resp := wsframe.Get()
-			resp.B = append(resp.B, "HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"...)
-			resp.FinishRaw()
-			c.reject(resp)
+			c.reject(httpError(431, "Request Header Fields Too Large", "", "request head over 16 KiB"))
 			return -1, false
 		}
 		return 0, false
 	}
-	head := b[:i+len(headerEnd)]
+	c.scanned = 0
+	if end > maxRequestHeaderBytes {
+		// A head that long arrived in one read: the bound is the same.
+		c.reject(httpError(431, "Request Header Fields Too Large", "", "request head over 16 KiB"))
+		return -1, false
+	}
+	head := b[:end]
 	if !isWebSocketPath(head) {
 		return 0, true
 	}
@@ -43,15 +53,56 @@ func (s *Server) handshake(c *Conn, b []byte) (used int, detach bool) {
 	return len(head), false
 }
 
+// headEnd returns the length of the request head at the start of b, or 0
+// while its end has not arrived. The first scanned bytes of b were searched
+// before and hold no end, so the search starts from there, less three
+// bytes: the "\r\n\r\n" may straddle the boundary. from is where it
+// started.
+func headEnd(b []byte, scanned int) (end, from int) {
+	from = max(min(scanned, len(b))-(len(headerEnd)-1), 0)
+	if i := bytes.Index(b[from:], headerEnd); i >= 0 {
+		return from + i + len(headerEnd), from
+	}
+	return 0, from
+}
+
+// httpError builds a complete HTTP error response with a short plain-text
+// body, for a request the server answers itself and then closes. header is
+// "" or extra header lines, each ending in CRLF.
+func httpError(status int, text, header, reason string) *wsframe.Frame {
+	f := wsframe.Get()
+	f.B = append(f.B, "HTTP/1.1 "...)
+	f.B = strconv.AppendInt(f.B, int64(status), 10)
+	f.B = append(f.B, ' ')
+	f.B = append(f.B, text...)
+	f.B = append(f.B, "\r\n"...)
+	f.B = append(f.B, header...)
+	f.B = append(f.B, "Connection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: "...)
+	f.B = strconv.AppendInt(f.B, int64(len(reason)+1), 10)
+	f.B = append(f.B, "\r\n\r\n"...)
+	f.B = append(f.B, reason...)
+	f.B = append(f.B, '\n')
+	return f.FinishRaw()
+}
+
 // isWebSocketPath reports whether the request line targets /ws, whatever the
 // method: gobwas/ws answers a wrong method with 405 and a missing or bad
-// header with 400/426, which is what a client of /ws should hear.
+// header with 400/426, which is what a client of /ws should hear. The target
+// may be in origin form ("/ws") or absolute form ("http://host/ws", which
+// RFC 7230 5.3.2 says a server must accept).
 func isWebSocketPath(head []byte) bool {
-	sp := bytes.IndexByte(head, ' ')
+	line := head
+	if nl := bytes.IndexByte(head, '\n'); nl >= 0 {
+		line = head[:nl+1]
+	}
+	sp := bytes.IndexByte(line, ' ')
 	if sp < 0 {
 		return false
 	}
-	uri := head[sp+1:]
+	uri := line[sp+1:]
+	if _, path, ok := splitAbsoluteURI(uri); ok {
+		uri = path
+	}
 	if !bytes.HasPrefix(uri, []byte("/ws")) || len(uri) < 4 {
 		return false
 	}
@@ -60,6 +111,29 @@ func isWebSocketPath(head []byte) bool {
 		return true
 	}
 	return false
+}
+
+// splitAbsoluteURI splits a request target in absolute form, with the http,
+// https, ws or wss scheme, into its authority and what follows it (the path,
+// query and anything after them in the request line). ok is false for any
+// other target.
+func splitAbsoluteURI(uri []byte) (authority, rest []byte, ok bool) {
+	i := bytes.Index(uri, []byte("://"))
+	if i < 2 || i > 5 {
+		return nil, nil, false
+	}
+	switch scheme := uri[:i]; {
+	case bytes.EqualFold(scheme, []byte("http")), bytes.EqualFold(scheme, []byte("https")),
+		bytes.EqualFold(scheme, []byte("ws")), bytes.EqualFold(scheme, []byte("wss")):
+	default:
+		return nil, nil, false
+	}
+	rest = uri[i+3:]
+	end := bytes.IndexAny(rest, "/? \r\n")
+	if end < 0 {
+		end = len(rest)
+	}
+	return rest[:end], rest[end:], true
 }
 
 // handshakeIO feeds gobwas/ws the request head straight from netpoll's
@@ -87,8 +161,11 @@ func (h *handshakeIO) Write(p []byte) (int, error) {
 
 // upgradeState collects what the header callbacks saw.
 type upgradeState struct {
-	s               *Server
-	host            []byte
+	s    *Server
+	host []byte
+	// targetHost is the authority of a request target in absolute form,
+	// which then names the host instead of the Host header (RFC 7230 5.5).
+	targetHost      []byte
 	origin          []byte
 	protocolOffered bool
 	protocol        string
@@ -105,6 +182,13 @@ var errOriginForbidden = ws.RejectConnectionError(
 )
 
 var headerOrigin = []byte("Origin")
+
+func (u *upgradeState) onRequest(uri []byte) error {
+	if authority, _, ok := splitAbsoluteURI(uri); ok {
+		u.targetHost = authority
+	}
+	return nil
+}
 
 func (u *upgradeState) onHost(host []byte) error {
 	u.host = host
@@ -143,7 +227,11 @@ func (u *upgradeState) selectProtocol(v []byte) (string, bool) {
 }
 
 func (u *upgradeState) beforeUpgrade() (ws.HandshakeHeader, error) {
-	if len(u.origin) > 0 && !u.s.originAllowed(u.origin, u.host) {
+	host := u.host
+	if u.targetHost != nil {
+		host = u.targetHost
+	}
+	if len(u.origin) > 0 && !u.s.originAllowed(u.origin, host) {
 		return nil, errOriginForbidden
 	}
 	if u.protocolOffered && u.protocol == "" && !u.s.cfg.Echo {
@@ -156,10 +244,23 @@ func (u *upgradeState) beforeUpgrade() (ws.HandshakeHeader, error) {
 // gobwas/ws. On success the response and the connected push leave in one
 // write and the connection joins the server as an open WebSocket.
 func (s *Server) upgrade(c *Conn, head []byte) bool {
+	if s.draining.Load() {
+		// The drain delay: a load balancer is taking the node out.
+		retry := strconv.FormatInt(int64(max(s.cfg.RetryAfterMin.Round(time.Second)/time.Second, 1)), 10)
+		c.reject(httpError(503, "Service Unavailable", "Retry-After: "+retry+"\r\n", "server draining, retry later"))
+		return false
+	}
 	resp := wsframe.Get()
 	hs, err := s.negotiate(head, resp)
 	resp.FinishRaw()
 	if err != nil {
+		if resp.Len() == 0 {
+			// gobwas/ws writes nothing for a request line it cannot parse
+			// ("GET /ws HTTX/9.9", "GET /ws "): answer it here, never with
+			// an empty response.
+			resp.Release()
+			resp = httpError(400, "Bad Request", "", "malformed HTTP request line")
+		}
 		c.reject(resp)
 		return false
 	}
@@ -178,6 +279,7 @@ func (s *Server) upgrade(c *Conn, head []byte) bool {
 	s.stats.open.Add(1)
 	if s.cfg.Echo {
 		c.Send(resp)
+		s.closeIfDraining(c)
 		return true
 	}
 	connected := wsframe.Get()
@@ -185,6 +287,7 @@ func (s *Server) upgrade(c *Conn, head []byte) bool {
 	connected.Finish(c.dataOpCode())
 	// The 101 response and the connected push leave in one writev.
 	c.SendBatch([]*wsframe.Frame{resp, connected})
+	s.closeIfDraining(c)
 	return true
 }
 
@@ -199,6 +302,10 @@ type upgrader struct {
 var upgraderPool = sync.Pool{New: func() any {
 	up := new(upgrader)
 	up.u = ws.Upgrader{
+		// The whole head fits in the read buffer (handshake bounds it), so
+		// the header values the callbacks keep stay valid until the end.
+		ReadBufferSize:  maxRequestHeaderBytes,
+		OnRequest:       up.st.onRequest,
 		ProtocolCustom:  up.st.selectProtocol,
 		OnHost:          up.st.onHost,
 		OnHeader:        up.st.onHeader,

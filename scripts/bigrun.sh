@@ -16,6 +16,10 @@
 # Per step, OUTDIR gets the flood's JSON, its HTML report and its table, and
 # summary.txt one line per run.
 set -euo pipefail
+# The flood's publishers send at full rate: lift fanout's per-connection
+# command rate limit (100/s by default), which is for untrusted clients. An
+# environment variable, so that older fanout binaries (PREBUILT) ignore it.
+export FANOUT_COMMAND_RATE=-1
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh

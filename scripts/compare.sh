@@ -15,6 +15,10 @@
 #   echo/s        echoes per second, $ECHO_CONNS connections, 1 KiB, one in flight each
 #                 (median of $ECHO_ROUNDS interleaved rounds)
 set -euo pipefail
+# The flood's publishers send at full rate: lift fanout's per-connection
+# command rate limit (100/s by default), which is for untrusted clients. An
+# environment variable, so that older fanout binaries (PREBUILT) ignore it.
+export FANOUT_COMMAND_RATE=-1
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh

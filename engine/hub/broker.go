@@ -34,6 +34,12 @@ import (
 //     changes whenever the history (and with it the offset sequence) is
 //     lost, and must not change while a node has an interest in the
 //     channel unless the history really was lost.
+//   - History must stay bounded (by age, bytes or count); when it drops
+//     publications it drops a channel's oldest, so that what History
+//     returns for a channel is always a run of consecutive offsets ending
+//     at the newest, and a recovery reaching into dropped history finds
+//     publications missing. A broker that also implements
+//     HistoryStats() HistoryStats has it reported in Hub.Stats.
 //   - Methods may be called concurrently; HandlePublication must not be
 //     called from inside Publish with any lock held that Subscribe,
 //     Unsubscribe or History need, other than the channel's own lock (the

@@ -3,6 +3,7 @@ package hub
 import (
 	"hash/maphash"
 	"sync"
+	"sync/atomic"
 
 	"github.com/fanout-dev/fanout/codec"
 )
@@ -36,15 +37,27 @@ type channel struct {
 	// is enough to read it.
 	mu           sync.Mutex
 	members      map[Subscriber]*member
-	encCount     [2]int          // members per encoding (index enc-1)
-	shardCount   []int           // members per shard
-	activeShards int             // shards with shardCount > 0
-	present      int             // members whose subscribe completed
-	listeners    [2][]Subscriber // presence listeners per encoding
+	encCount     [2]int // members per encoding (index enc-1)
+	shardCount   []int  // members per shard
+	activeShards int    // shards with shardCount > 0
+	present      int    // members whose subscribe completed
+	listenEnc    [2]int // presence listeners per encoding
+	listenShard  []int  // presence listeners per shard
+	listenShards int    // shards with listenShard > 0
 
 	// locals[i] is this channel's state on shard i, owned by shard i's
 	// worker alone (nil when the shard holds none of its subscribers).
 	locals []*local
+
+	// Backpressure (see maxPendingPubs). inflight counts publications
+	// queued by broadcast and not yet handed out by every shard they were
+	// queued to. A publisher that waits for room registers in roomWaiting
+	// and waits for room to close; the worker that brings inflight down to
+	// half the bound closes it.
+	inflight    atomic.Int64
+	roomWaiting atomic.Bool
+	roomMu      sync.Mutex
+	room        chan struct{} // nil while nobody waits
 }
 
 // member is one subscriber of a channel.
@@ -53,7 +66,7 @@ type member struct {
 	enc      codec.Encoding
 	shard    int
 	active   bool // reply sent and activate queued; counts in presence
-	listener int  // index in channel.listeners[enc-1], -1 when not one
+	listener bool // asked for presence pushes (set once active)
 }
 
 func (c *channel) addCounts(m *member, delta int) {
@@ -68,23 +81,51 @@ func (c *channel) addCounts(m *member, delta int) {
 	}
 }
 
-func (c *channel) addListener(s Subscriber, m *member) {
-	ls := &c.listeners[m.enc-1]
-	m.listener = len(*ls)
-	*ls = append(*ls, s)
+// addListener and removeListener count m as a presence listener or not.
+// Called with c.mu held; the shard worker keeps the listeners themselves.
+func (c *channel) addListener(m *member) {
+	m.listener = true
+	c.listenEnc[m.enc-1]++
+	if c.listenShard[m.shard]++; c.listenShard[m.shard] == 1 {
+		c.listenShards++
+	}
 }
 
 func (c *channel) removeListener(m *member) {
-	ls := &c.listeners[m.enc-1]
-	last := len(*ls) - 1
-	if m.listener != last {
-		moved := (*ls)[last]
-		(*ls)[m.listener] = moved
-		c.members[moved].listener = m.listener
+	m.listener = false
+	c.listenEnc[m.enc-1]--
+	if c.listenShard[m.shard]--; c.listenShard[m.shard] == 0 {
+		c.listenShards--
 	}
-	(*ls)[last] = nil
-	*ls = (*ls)[:last]
-	m.listener = -1
+}
+
+// backlogged reports whether c's fan-out is over maxPendingPubs.
+func (c *channel) backlogged() bool { return c.inflight.Load() > maxPendingPubs }
+
+// waitRoom registers a publisher waiting for c's fan-out to drain and
+// returns the channel that closes when it has.
+func (c *channel) waitRoom() <-chan struct{} {
+	c.roomMu.Lock()
+	defer c.roomMu.Unlock()
+	if c.room == nil {
+		c.room = make(chan struct{})
+	}
+	c.roomWaiting.Store(true)
+	return c.room
+}
+
+// handedOut is called by a shard worker when a publication of c has been
+// handed out by every shard it was queued to.
+func (c *channel) handedOut() {
+	if c.inflight.Add(-1) <= maxPendingPubs/2 && c.roomWaiting.Load() {
+		c.roomMu.Lock()
+		if c.room != nil {
+			close(c.room)
+			c.room = nil
+		}
+		c.roomWaiting.Store(false)
+		c.roomMu.Unlock()
+	}
 }
 
 func (h *Hub) bucket(name string) *hubBucket {
@@ -104,10 +145,11 @@ func (h *Hub) acquire(name string, create bool) *channel {
 			return nil
 		}
 		c = &channel{
-			name:       name,
-			members:    make(map[Subscriber]*member),
-			shardCount: make([]int, len(h.shards)),
-			locals:     make([]*local, len(h.shards)),
+			name:        name,
+			members:     make(map[Subscriber]*member),
+			shardCount:  make([]int, len(h.shards)),
+			listenShard: make([]int, len(h.shards)),
+			locals:      make([]*local, len(h.shards)),
 		}
 		b.m[name] = c
 	}

@@ -42,34 +42,82 @@
 //     history to recover) from the Broker. A publication queued before the
 //     "add" op had been stored before it, so it is at or below the position
 //     read; one above it is buffered or still to come.
-//  4. Subscribe sends the reply with Subscriber.Send, then pushes an
+//  4. With no lock held, Subscribe encodes the reply and sends it with
+//     Subscriber.Send, then, under the channel's lock, pushes an
 //     "activate" op: the worker sends what it buffered above the position
 //     (dropping the rest) and delivers live from then on.
 //
+// Presence pushes (join and leave) go through the same queues: under the
+// channel's lock, a join or leave is encoded once per encoding its
+// listeners use and queued to every shard holding a listener, and the
+// worker hands it to the shard's listeners in queue order with the
+// channel's publications. So, per channel and subscriber:
+//
+//   - a presence push and a publication arrive in the order they were
+//     queued (a join queued by a Subscribe that completed before a
+//     publication was stored arrives before that publication);
+//   - a subscriber becomes a listener with its "activate" op, after its
+//     reply was sent: every presence push it gets follows its reply. A
+//     join queued before that op is not sent to it, but that client was
+//     already active, so it is in the Presence snapshot the subscriber can
+//     ask for afterwards; every join or leave queued after it is sent.
+//     A listener's own join is queued after its "activate" op (it gets it);
+//     its own leave after its "remove" op (it does not);
+//   - joins and leaves arrive in the order their Subscribe and
+//     Unsubscribe calls queued them.
+//
 // Unsubscribe pushes a "remove" op the same way: nothing published after
 // Unsubscribe returns reaches the subscriber.
+//
+// # Backpressure
+//
+// Backpressure is per channel: a channel whose publications queued to the
+// shards and not yet handed out by all of them exceed a bound
+// (maxPendingPubs) is backlogged. Publish then waits (bounded by its
+// context) and TryPublish returns ErrBackpressure at once; a publish to a
+// channel that is not backlogged never waits, whatever other channels do.
+// The queues thus hold a bounded number of publications per channel with
+// subscribers.
+//
+// # Size bounds
+//
+// Publish refuses data larger than Config.MaxPublicationBytes in either
+// encoding (ErrTooLarge). Subscribe and history replies are bounded by
+// Config.MaxReplyBytes: a history reply keeps the newest publications that
+// fit; a recovery whose publications do not fit answers recovered:false
+// with none and the newest position, so that no reply frame grows with
+// what the history holds.
 //
 // # Lock order
 //
 // Locks are taken in this order, never the reverse:
 //
 //	channel.subMu        membership changes and broker interest of one channel
-//	  Broker             memory broker: brokerBucket.mu, then memChannel.mu
-//	    channel.mu       broadcast (inside the broker's HandlePublication), add/activate/remove
+//	  Broker             memory broker: brokerBucket.mu, then memChannel.mu, then MemoryBroker.lruMu (leaf)
+//	    channel.mu       broadcast (inside the broker's HandlePublication), add/activate/remove, presence
 //	      shard.mu       a shard's queue (leaf)
 //
 // The registry's hubBucket.mu is a leaf: it is never held while taking any
-// other lock. The hub never calls the Broker with channel.mu held, which is
-// what lets the memory broker call HandlePublication with its channel lock
-// held. Subscriber.Send and SendBatch may be called with channel.subMu or
-// channel.mu held (subscribe replies are sent with no lock held; presence
-// pushes and publications with hub locks or none), so a Subscriber must
+// other lock, and neither is channel.roomMu (backpressure waiters). The hub
+// never calls the Broker with channel.mu held, which is what lets the
+// memory broker call HandlePublication with its channel lock held; the
+// memory broker evicts other channels' history only after releasing the
+// publishing channel's lock. Subscriber.Send and SendBatch are called by
+// shard workers (publications, presence pushes) with no hub lock held, and
+// by Subscribe (its reply) with no lock held; still, a Subscriber must
 // never call back into the Hub from them.
 //
 // # Lifetimes
 //
 // A hub channel exists while it has subscribers or a call is using it; the
 // memory broker keeps a channel's history (and its epoch) while the hub has
-// an interest in it or while it still holds publications not expired by
-// HistoryTTL. Neither leaks idle channels.
+// an interest in it or while it still holds publications. History is
+// bounded by age (Config.HistoryTTL, 5 minutes by default: a janitor frees
+// the history of channels nobody published to for that long, without
+// anybody touching them), by bytes for all channels together
+// (Config.HistoryBytes) and by the number of channels holding history
+// (Config.HistoryChannels); a channel left with neither history nor
+// interest is forgotten. Neither leaks idle channels. Evicted or expired
+// history is always a channel's oldest publications, so a recovery that
+// reaches into it answers recovered:false, never a silent gap.
 package hub

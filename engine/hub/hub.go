@@ -48,10 +48,12 @@ var (
 // value ==) and uses them as map keys.
 //
 // Send and SendBatch are called from many goroutines at once (shard
-// workers, Subscribe, other connections' presence changes) and sometimes
-// with hub locks held, so they must be safe for concurrent use, must never
-// block and must never call back into the Hub (a connection that closes
-// itself from Send must leave its Unsubscribe calls to another goroutine).
+// workers deliver publications and presence pushes, Subscribe sends its
+// reply), so they must be safe for concurrent use and must never block.
+// The hub holds none of its locks when it calls them, but a worker that
+// waits in one delays every subscriber of its shard, so they must never
+// call back into the Hub either (a connection that closes itself from Send
+// must leave its Unsubscribe calls to another goroutine).
 type Subscriber interface {
 	// Info is the client id and user, constant for the connection.
 	Info() codec.ClientInfo
@@ -115,7 +117,7 @@ type Config struct {
 	// zero, DefaultMaxReplyBytes (768 KiB); if negative, no limit.
 	MaxReplyBytes int
 	// Broker assigns positions, keeps history and delivers publications.
-	// If nil, NewMemoryBroker with HistorySize and HistoryTTL. The hub owns
+	// If nil, NewMemoryBroker with the History fields above. The hub owns
 	// it: Close closes it.
 	Broker Broker
 	// Logger receives broker errors the hub cannot return to a caller. If
@@ -154,7 +156,7 @@ type Stats struct {
 	Replies      uint64 // subscribe replies sent
 	Recovered    uint64 // subscribes with recover that recovered everything
 	NotRecovered uint64 // subscribes with recover that could not
-	Presence     uint64 // join and leave pushes sent
+	Presence     uint64 // join and leave pushes handed to listeners
 	Throttled    uint64 // publishes that waited for a backlogged fan-out
 	Refused      uint64 // TryPublish calls refused with ErrBackpressure
 	TooLarge     uint64 // publishes refused with ErrTooLarge

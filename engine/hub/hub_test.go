@@ -384,6 +384,7 @@ func TestPresence(t *testing.T) {
 	if n, _ := h.PresenceCount("room"); n != 5 {
 		t.Fatalf("PresenceCount after leaves = %d", n)
 	}
+	h.sync() // presence pushes go through the shard workers
 
 	// listener: its own join, mlistener's, 5 quiet joins, 2 leaves.
 	var joins, leaves []string

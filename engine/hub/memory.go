@@ -13,17 +13,58 @@ import (
 	"github.com/fanout-dev/fanout/codec"
 )
 
+// Defaults of the memory broker's history bounds (MemoryBrokerConfig, and
+// the history fields of Config).
+const (
+	// DefaultHistorySize is how many publications a channel keeps.
+	DefaultHistorySize = 100
+	// DefaultHistoryTTL is how long a publication stays in history: long
+	// enough to recover across a reconnect or a deploy, short enough that
+	// a channel nobody publishes to any more is forgotten.
+	DefaultHistoryTTL = 5 * time.Minute
+	// DefaultHistoryBytes is the memory all channels' history may take
+	// together (as counted by HistoryStats).
+	DefaultHistoryBytes int64 = 128 << 20
+	// DefaultHistoryChannels is how many channels may hold history at once.
+	DefaultHistoryChannels = 100_000
+)
+
 // MemoryBrokerConfig configures NewMemoryBroker. The zero value works.
 type MemoryBrokerConfig struct {
 	// HistorySize is how many publications are kept per channel. If zero,
-	// 100. If negative, none: every epoch and offset is still assigned, but
-	// History returns no publications.
+	// DefaultHistorySize (100). If negative, none: every epoch and offset
+	// is still assigned, but History returns no publications.
 	HistorySize int
-	// HistoryTTL drops publications older than it. If zero, history never
+	// HistoryTTL drops publications older than it; a janitor goroutine
+	// frees the history of channels whose newest publication is older than
+	// it, so that idle channels are forgotten without anybody touching
+	// them. If zero, DefaultHistoryTTL (5 min). If negative, history never
 	// expires by age.
 	HistoryTTL time.Duration
+	// HistoryBytes is the budget of all channels' history together: past
+	// it, the oldest publications of the channel published to least
+	// recently are evicted first. Publications are counted as their data
+	// in both encodings plus a fixed overhead, channels as a fixed overhead
+	// plus their ring. If zero, DefaultHistoryBytes (128 MiB). If negative,
+	// no budget.
+	HistoryBytes int64
+	// HistoryChannels caps the channels holding history: past it, the
+	// whole history of the channel published to least recently is evicted.
+	// If zero, DefaultHistoryChannels (100,000). If negative, no cap.
+	HistoryChannels int
 	// Now is the clock history ages by. If nil, time.Now. Tests set it.
 	Now func() time.Time
+}
+
+// HistoryStats describes what the memory broker's history holds and what it
+// dropped. Gauges are a snapshot; counters only grow.
+type HistoryStats struct {
+	Bytes    int64 // history memory as counted against HistoryBytes
+	Channels int   // channels holding at least one publication
+	// Publications dropped before HistorySize pushed them out:
+	Expired         uint64 // older than HistoryTTL
+	EvictedBytes    uint64 // evicted to stay within HistoryBytes
+	EvictedChannels uint64 // evicted with their channel's whole history to stay within HistoryChannels
 }
 
 // MemoryBroker is the in-process Broker: history in a bounded ring per
@@ -34,14 +75,44 @@ type MemoryBrokerConfig struct {
 // A channel's history (and its epoch) lives while the hub has an interest
 // in the channel or the ring holds publications; once neither is true the
 // channel is forgotten, and a later publication starts a new epoch at
-// offset 1. With HistoryTTL set, a janitor goroutine expires old entries
-// so that idle channels are forgotten even when nobody touches them.
+// offset 1.
+//
+// History is bounded three ways besides HistorySize: by age (HistoryTTL),
+// by bytes for all channels together (HistoryBytes) and by the number of
+// channels holding history (HistoryChannels). The channels holding history
+// are kept in one list ordered by their newest publication (least recent
+// first; a publish moves its channel to the back in O(1)). Over a bound,
+// the publisher that crossed it evicts from the front of that list: the
+// oldest publications of the least recently published channel for the
+// byte budget, that channel's whole history for the channel cap. Each
+// publication is evicted at most once, so a publish costs O(1) amortized.
+// The janitor expires channels from the same front, so a tick costs what
+// expires; the older entries of channels still being published to expire
+// when the channel is next touched (and count in HistoryBytes meanwhile).
+// Eviction only ever removes a channel's oldest publications, so what a
+// channel holds stays a run of consecutive offsets ending at its newest:
+// a recovery from inside an evicted range finds publications missing and
+// answers recovered:false.
 type MemoryBroker struct {
-	size    int
-	ttl     time.Duration
-	now     func() time.Time
-	seed    maphash.Seed
-	buckets [brokerBuckets]brokerBucket
+	size        int
+	ttl         time.Duration
+	maxBytes    int64
+	maxChannels int
+	now         func() time.Time
+	seed        maphash.Seed
+	buckets     [brokerBuckets]brokerBucket
+
+	// lruMu guards the list of channels holding history and the totals
+	// below. It is a leaf: taken with at most one memChannel.mu held,
+	// never the other way round.
+	lruMu           sync.Mutex
+	lruHead         *memChannel // least recently published
+	lruTail         *memChannel
+	bytes           int64
+	channels        int
+	expired         uint64
+	evictedBytes    uint64
+	evictedChannels uint64
 
 	handler atomic.Pointer[handlerBox]
 	closed  atomic.Bool
@@ -52,6 +123,14 @@ type MemoryBroker struct {
 
 const brokerBuckets = 64
 
+// Accounting of history memory (approximate: what a publication and a
+// channel cost beyond their data, on 64-bit platforms).
+const (
+	pubOverhead     = 144 // codec.Publication and its data buffer's header
+	slotBytes       = 32  // one ring slot (memEntry)
+	channelOverhead = 320 // memChannel, its bucket map entry and name string header
+)
+
 type handlerBox struct{ h BrokerHandler }
 
 type brokerBucket struct {
@@ -60,17 +139,27 @@ type brokerBucket struct {
 	_        [48]byte // keep neighbouring buckets off one cache line
 }
 
-// memChannel is one channel's stream. Lock order: bucket.mu, then mu; or mu
-// alone (Publish, History), where removed tells a caller that the bucket
-// dropped the channel between its lookup and its lock.
+// memChannel is one channel's stream. Lock order: bucket.mu, then mu, then
+// the broker's lruMu; or mu alone (Publish, History), where removed tells a
+// caller that the bucket dropped the channel between its lookup and its
+// lock.
 type memChannel struct {
 	mu       sync.Mutex
+	name     string
 	removed  bool
 	epoch    string
 	offset   uint64
 	interest int
-	ring     []memEntry // grows up to size entries; head is the oldest
+	ring     []memEntry // grows up to size entries; head is the oldest; nil when n == 0
 	head, n  int
+	data     int64 // entrySize of the entries held
+
+	// Written with both mu and the broker's lruMu held, so either is
+	// enough to read them. A channel is in the list exactly when n > 0.
+	accounted  int64 // bytes this channel counts in the broker's total
+	inLRU      bool
+	prev, next *memChannel
+	last       time.Time // when the newest entry was stored
 }
 
 type memEntry struct {
@@ -78,24 +167,46 @@ type memEntry struct {
 	at  time.Time
 }
 
+// entrySize is what one stored publication counts against HistoryBytes.
+func entrySize(p *codec.Publication) int64 {
+	return pubOverhead + int64(cap(p.JSON)+cap(p.Msgpack)+len(p.Channel))
+}
+
 // NewMemoryBroker returns an in-memory broker. Register it with a Hub
 // through Config.Broker, or leave Config.Broker nil to get one.
 func NewMemoryBroker(cfg MemoryBrokerConfig) *MemoryBroker {
 	b := &MemoryBroker{
-		size: cfg.HistorySize,
-		ttl:  cfg.HistoryTTL,
-		now:  cfg.Now,
-		seed: maphash.MakeSeed(),
-		stop: make(chan struct{}),
+		size:        cfg.HistorySize,
+		ttl:         cfg.HistoryTTL,
+		maxBytes:    cfg.HistoryBytes,
+		maxChannels: cfg.HistoryChannels,
+		now:         cfg.Now,
+		seed:        maphash.MakeSeed(),
+		stop:        make(chan struct{}),
 	}
-	if b.size == 0 {
-		b.size = 100
-	}
-	if b.size < 0 {
+	switch {
+	case b.size == 0:
+		b.size = DefaultHistorySize
+	case b.size < 0:
 		b.size = 0
 	}
-	if b.ttl < 0 {
+	switch {
+	case b.ttl == 0:
+		b.ttl = DefaultHistoryTTL
+	case b.ttl < 0:
 		b.ttl = 0
+	}
+	switch {
+	case b.maxBytes == 0:
+		b.maxBytes = DefaultHistoryBytes
+	case b.maxBytes < 0:
+		b.maxBytes = 0
+	}
+	switch {
+	case b.maxChannels == 0:
+		b.maxChannels = DefaultHistoryChannels
+	case b.maxChannels < 0:
+		b.maxChannels = 0
 	}
 	if b.now == nil {
 		b.now = time.Now
@@ -116,8 +227,10 @@ func (b *MemoryBroker) Run(h BrokerHandler) error {
 	if !b.handler.CompareAndSwap(nil, &handlerBox{h}) {
 		return errBrokerRunning
 	}
-	if b.ttl > 0 {
-		every := min(max(b.ttl/2, 10*time.Millisecond), time.Minute)
+	if b.ttl > 0 && b.size > 0 {
+		// A tick costs what expires, so ticking often is cheap: an idle
+		// channel's history is freed at most a tick after its TTL.
+		every := min(max(b.ttl/4, 10*time.Millisecond), 5*time.Second)
 		b.done.Add(1)
 		go b.janitor(every)
 	}
@@ -148,23 +261,178 @@ func (b *MemoryBroker) janitor(every time.Duration) {
 	}
 }
 
-// sweep expires old entries of every channel and forgets the channels left
-// with neither history nor interest.
+// sweep frees the history of every channel whose newest publication is
+// older than the TTL (all its publications are then expired), taking them
+// from the front of the list, and forgets those without interest. It stops
+// at the first channel with a fresh publication: every channel behind it
+// was published to later.
 func (b *MemoryBroker) sweep() {
+	if b.ttl == 0 {
+		return
+	}
 	now := b.now()
-	for i := range b.buckets {
-		bk := &b.buckets[i]
-		bk.mu.Lock()
-		for name, c := range bk.channels {
-			c.mu.Lock()
-			c.expire(b, now)
-			if c.interest == 0 && c.n == 0 {
-				c.removed = true
-				delete(bk.channels, name)
-			}
-			c.mu.Unlock()
+	for {
+		b.lruMu.Lock()
+		v := b.lruHead
+		fresh := v == nil || now.Sub(v.last) < b.ttl
+		b.lruMu.Unlock()
+		if fresh {
+			return
 		}
-		bk.mu.Unlock()
+		v.mu.Lock()
+		// Published to (moved back) or emptied since: look at the new front.
+		if !v.inLRU || now.Sub(v.last) < b.ttl {
+			v.mu.Unlock()
+			continue
+		}
+		n := v.n
+		v.dropFront(n)
+		b.account(v, nil, n, evictTTL)
+		idle := v.interest == 0
+		v.mu.Unlock()
+		if idle {
+			b.forgetIfIdle(v.name)
+		}
+	}
+}
+
+// evictReason says which bound dropped publications (for HistoryStats).
+type evictReason uint8
+
+const (
+	evictTTL evictReason = iota
+	evictBytes
+	evictChannels
+)
+
+// overLocked reports whether history is over its byte budget or channel
+// cap. Called with lruMu held.
+func (b *MemoryBroker) overLocked() bool {
+	return b.maxBytes > 0 && b.bytes > b.maxBytes || b.maxChannels > 0 && b.channels > b.maxChannels
+}
+
+// evict brings history back within its bounds, evicting from the front of
+// the list. It is called by a publisher, with no lock held, after its
+// publication took history over a bound.
+func (b *MemoryBroker) evict() {
+	for {
+		b.lruMu.Lock()
+		v := b.lruHead
+		over := b.overLocked()
+		b.lruMu.Unlock()
+		if !over || v == nil {
+			return
+		}
+		v.mu.Lock()
+		if !v.inLRU { // emptied by somebody else meanwhile
+			v.mu.Unlock()
+			continue
+		}
+		b.lruMu.Lock()
+		drop, reason := 0, evictBytes
+		switch {
+		case b.maxChannels > 0 && b.channels > b.maxChannels:
+			drop, reason = v.n, evictChannels
+		case b.maxBytes > 0 && b.bytes > b.maxBytes:
+			// The oldest entries that cover the excess; the channel's own
+			// overhead goes with its last entry.
+			excess := b.bytes - b.maxBytes
+			for freed := int64(0); drop < v.n && freed < excess; drop++ {
+				freed += entrySize(v.ring[(v.head+drop)%len(v.ring)].pub)
+			}
+		}
+		b.lruMu.Unlock()
+		if drop > 0 {
+			v.dropFront(drop)
+			b.account(v, nil, drop, reason)
+		}
+		idle := v.interest == 0 && v.n == 0
+		v.mu.Unlock()
+		if idle {
+			b.forgetIfIdle(v.name)
+		}
+	}
+}
+
+// account brings the broker's totals and list up to date with c after a
+// change of its ring, counting dropped publications under reason. A
+// non-nil published (the time of the entry just stored) moves c to the
+// back of the list. It reports whether history is over a bound. Called
+// with c.mu held.
+func (b *MemoryBroker) account(c *memChannel, published *time.Time, dropped int, reason evictReason) (over bool) {
+	var want int64
+	if c.n == 0 {
+		c.ring, c.head, c.data = nil, 0, 0 // free the ring with the history
+	} else {
+		want = c.data + channelOverhead + int64(len(c.name)+len(c.epoch)) + slotBytes*int64(len(c.ring))
+	}
+	b.lruMu.Lock()
+	b.bytes += want - c.accounted
+	c.accounted = want
+	switch {
+	case c.n == 0 && c.inLRU:
+		b.unlink(c)
+		b.channels--
+	case c.n > 0 && !c.inLRU:
+		b.pushBack(c)
+		b.channels++
+	case c.n > 0 && published != nil && b.lruTail != c:
+		b.unlink(c)
+		b.pushBack(c)
+	}
+	if published != nil {
+		c.last = *published
+	}
+	if dropped > 0 {
+		switch reason {
+		case evictTTL:
+			b.expired += uint64(dropped)
+		case evictBytes:
+			b.evictedBytes += uint64(dropped)
+		case evictChannels:
+			b.evictedChannels += uint64(dropped)
+		}
+	}
+	over = b.overLocked()
+	b.lruMu.Unlock()
+	return over
+}
+
+// unlink and pushBack edit the list; called with lruMu (and c.mu) held.
+func (b *MemoryBroker) unlink(c *memChannel) {
+	if c.prev != nil {
+		c.prev.next = c.next
+	} else {
+		b.lruHead = c.next
+	}
+	if c.next != nil {
+		c.next.prev = c.prev
+	} else {
+		b.lruTail = c.prev
+	}
+	c.prev, c.next, c.inLRU = nil, nil, false
+}
+
+func (b *MemoryBroker) pushBack(c *memChannel) {
+	c.prev, c.next, c.inLRU = b.lruTail, nil, true
+	if b.lruTail != nil {
+		b.lruTail.next = c
+	} else {
+		b.lruHead = c
+	}
+	b.lruTail = c
+}
+
+// HistoryStats reports what history holds and what it dropped.
+func (b *MemoryBroker) HistoryStats() HistoryStats {
+	b.lruMu.Lock()
+	defer b.lruMu.Unlock()
+	return HistoryStats{
+		Bytes:           b.bytes,
+		Channels:        b.channels,
+		Expired:         b.expired,
+		EvictedBytes:    b.evictedBytes,
+		EvictedChannels: b.evictedChannels,
 	}
 }
 
@@ -197,7 +465,7 @@ func (b *MemoryBroker) lockChannel(ch string, create bool) *memChannel {
 				bk.mu.Unlock()
 				return nil
 			}
-			c = &memChannel{epoch: newEpoch()}
+			c = &memChannel{name: ch, epoch: newEpoch()}
 			bk.channels[ch] = c
 		}
 		bk.mu.Unlock()
@@ -229,13 +497,33 @@ func newEpoch() string {
 	return strconv.FormatUint(rand.Uint64(), 36)
 }
 
-// expire drops entries older than the TTL. Called with c.mu held.
+// expire drops entries older than the TTL and accounts for them. Called
+// with c.mu held.
 func (c *memChannel) expire(b *MemoryBroker, now time.Time) {
-	if b.ttl == 0 {
-		return
+	if n := c.expired(b, now); n > 0 {
+		c.dropFront(n)
+		b.account(c, nil, n, evictTTL)
 	}
-	for c.n > 0 && now.Sub(c.ring[c.head].at) >= b.ttl {
-		c.ring[c.head] = memEntry{}
+}
+
+// expired counts the entries older than the TTL, all at the front.
+func (c *memChannel) expired(b *MemoryBroker, now time.Time) int {
+	if b.ttl == 0 {
+		return 0
+	}
+	n := 0
+	for n < c.n && now.Sub(c.ring[(c.head+n)%len(c.ring)].at) >= b.ttl {
+		n++
+	}
+	return n
+}
+
+// dropFront drops the n oldest entries. The caller accounts for them.
+func (c *memChannel) dropFront(n int) {
+	for range n {
+		e := &c.ring[c.head]
+		c.data -= entrySize(e.pub)
+		*e = memEntry{}
 		c.head = (c.head + 1) % len(c.ring)
 		c.n--
 	}
@@ -252,7 +540,9 @@ func (c *memChannel) grow(size int) {
 }
 
 // Publish assigns pub the channel's next offset, stores it and delivers it
-// to the handler before it returns, all under the channel's lock.
+// to the handler before it returns, all under the channel's lock. When the
+// publication takes history over its byte budget or channel cap, Publish
+// evicts (after releasing the channel) before it returns.
 func (b *MemoryBroker) Publish(ctx context.Context, ch string, pub *codec.Publication) (codec.StreamPosition, error) {
 	if b.closed.Load() {
 		return codec.StreamPosition{}, ErrClosed
@@ -264,19 +554,24 @@ func (b *MemoryBroker) Publish(ctx context.Context, ch string, pub *codec.Public
 	c := b.lockChannel(ch, true)
 	c.offset++
 	pub.Channel, pub.Epoch, pub.Offset = ch, c.epoch, c.offset
+	over := false
 	if b.size > 0 {
 		now := b.now()
-		c.expire(b, now)
+		expired := c.expired(b, now)
+		c.dropFront(expired)
 		if c.n == len(c.ring) && c.n < b.size {
 			c.grow(b.size)
 		}
 		i := (c.head + c.n) % len(c.ring)
-		if c.n == len(c.ring) {
+		if c.n == len(c.ring) { // full: the oldest makes room
+			c.data -= entrySize(c.ring[i].pub)
 			c.head = (c.head + 1) % len(c.ring)
 		} else {
 			c.n++
 		}
 		c.ring[i] = memEntry{pub: pub, at: now}
+		c.data += entrySize(pub)
+		over = b.account(c, &now, expired, evictTTL)
 	}
 	pos := codec.StreamPosition{Epoch: c.epoch, Offset: c.offset}
 	if hb != nil {
@@ -286,6 +581,9 @@ func (b *MemoryBroker) Publish(ctx context.Context, ch string, pub *codec.Public
 	c.mu.Unlock()
 	if idle {
 		b.forgetIfIdle(ch)
+	}
+	if over {
+		b.evict()
 	}
 	return pos, nil
 }
@@ -308,7 +606,8 @@ func (b *MemoryBroker) History(ctx context.Context, ch string, since *codec.Stre
 	if limit == 0 || c.n == 0 {
 		return nil, pos, nil
 	}
-	// Entries are consecutive offsets ending at c.offset.
+	// Entries are consecutive offsets ending at c.offset: eviction and
+	// expiry only ever drop the oldest.
 	first := c.offset - uint64(c.n) + 1
 	start, n := 0, c.n // index (from the oldest) and count to return
 	if since != nil {

@@ -8,25 +8,30 @@ import (
 	"github.com/fanout-dev/fanout/engine/wsframe"
 )
 
-// maxRun caps how many publications of one channel a worker hands to a
-// subscriber in one SendBatch (one writev).
+// maxRun caps how many publications (or presence pushes) of one channel a
+// worker hands to a subscriber in one SendBatch (one writev).
 const maxRun = 64
 
 type opKind uint8
 
 const (
 	opPub      opKind = iota // deliver d
+	opPresence               // deliver d (a join or leave) to presence listeners
 	opAdd                    // sub becomes pending: buffer publications for it
-	opActivate               // sub's reply is out: flush after pos, then live
+	opActivate               // sub's reply is out: flush after pos, then live (and a listener if listener)
 	opRemove                 // sub leaves
 	opBarrier                // wg.Done once everything before is delivered
 )
 
-// delivery is one publication encoded once per encoding in use. The
-// broadcaster gives every shard it queues d to one reference of each frame.
+// delivery is one publication (or presence push) encoded once per encoding
+// in use. The broadcaster gives every shard it queues d to one reference of
+// each frame.
 type delivery struct {
-	pub    *codec.Publication
-	frames [2]*wsframe.Frame // index enc-1; nil when no subscriber used enc
+	pub    *codec.Publication // nil for a presence push
+	frames [2]*wsframe.Frame  // index enc-1; nil when no subscriber used enc
+	// left counts the shards that have yet to hand a publication out;
+	// the last one takes it out of its channel's inflight.
+	left atomic.Int32
 }
 
 func (d *delivery) release() {
@@ -39,19 +44,20 @@ func (d *delivery) release() {
 
 // item is one entry of a shard's queue.
 type item struct {
-	kind opKind
-	enc  codec.Encoding
-	ch   *channel
-	d    *delivery
-	sub  Subscriber
-	pos  codec.StreamPosition
-	wg   *sync.WaitGroup
+	kind     opKind
+	enc      codec.Encoding
+	listener bool // opActivate: sub asked for presence pushes
+	ch       *channel
+	d        *delivery
+	sub      Subscriber
+	pos      codec.StreamPosition
+	wg       *sync.WaitGroup
 }
 
 // drop releases what an item that will never be processed holds.
 func (it *item) drop() {
 	switch it.kind {
-	case opPub:
+	case opPub, opPresence:
 		it.d.release()
 	case opBarrier:
 		it.wg.Done()
@@ -63,9 +69,15 @@ func (it *item) drop() {
 type local struct {
 	subs    [2][]Subscriber // active subscribers per encoding
 	index   map[Subscriber]int
+	listen  [2][]Subscriber    // active presence listeners per encoding (a subset of subs)
+	lindex  map[Subscriber]int // index in listen; nil until the first listener
 	pending []*pendingSub
-	run     []*delivery // queued publications not yet sent
-	touched bool        // in shard.touched
+	// Queued and not yet sent: publications (run) or presence pushes
+	// (prun), never both, so that sending one then the other keeps their
+	// order.
+	run     []*delivery
+	prun    []*delivery
+	touched bool // in shard.touched
 }
 
 func (l *local) empty() bool {
@@ -100,11 +112,11 @@ type shard struct {
 	touched []*local
 	scratch []*wsframe.Frame
 
-	pendingPubs atomic.Int64 // opPub items queued and not yet processed
-	deliveries  atomic.Uint64
-	sends       atomic.Uint64
-	batches     atomic.Uint64
-	_           [64]byte
+	deliveries atomic.Uint64
+	sends      atomic.Uint64
+	batches    atomic.Uint64
+	presence   atomic.Uint64
+	_          [64]byte
 }
 
 func newShard(h *Hub, id int) *shard {
@@ -121,9 +133,6 @@ func (sh *shard) push(it item) {
 	}
 	wasEmpty := len(sh.q) == 0
 	sh.q = append(sh.q, it)
-	if it.kind == opPub {
-		sh.pendingPubs.Add(1)
-	}
 	sh.mu.Unlock()
 	if wasEmpty {
 		select {
@@ -169,24 +178,20 @@ func (sh *shard) run() {
 			return
 		}
 		sh.process(items)
-		pubs := 0
 		for i := range items {
-			if items[i].kind == opPub {
-				pubs++
+			if it := &items[i]; it.kind == opPub && it.d.left.Add(-1) == 0 {
+				it.ch.handedOut()
 			}
-		}
-		if sh.pendingPubs.Add(int64(-pubs)) <= maxPendingPubs/2 && sh.h.roomWaiting.Load() {
-			sh.h.signalRoom()
 		}
 		clear(items)
 		sh.spare = items[:0]
 	}
 }
 
-// process applies a drained batch in queue order. Publications are
-// gathered per channel and sent when an op of that channel or the end of
-// the batch comes, so a subscriber gets every publication of the batch in
-// one SendBatch.
+// process applies a drained batch in queue order. Publications (and
+// presence pushes) are gathered per channel and sent when an op of that
+// channel, a push of the other kind or the end of the batch comes, so a
+// subscriber gets every publication of the batch in one SendBatch.
 func (sh *shard) process(items []item) {
 	for i := range items {
 		it := &items[i]
@@ -202,13 +207,22 @@ func (sh *shard) process(items []item) {
 				it.d.release()
 				continue
 			}
-			if !l.touched {
-				l.touched = true
-				sh.touched = append(sh.touched, l)
-			}
+			sh.touch(l)
+			sh.flushPresence(l)
 			l.run = append(l.run, it.d)
 			if len(l.run) >= maxRun {
-				sh.flush(l)
+				sh.flushPubs(l)
+			}
+		case opPresence:
+			if l == nil {
+				it.d.release()
+				continue
+			}
+			sh.touch(l)
+			sh.flushPubs(l)
+			l.prun = append(l.prun, it.d)
+			if len(l.prun) >= maxRun {
+				sh.flushPresence(l)
 			}
 		case opAdd:
 			if l == nil {
@@ -235,6 +249,14 @@ func (sh *shard) process(items []item) {
 	sh.flushAll()
 }
 
+// touch marks l for the flush at the end of the batch.
+func (sh *shard) touch(l *local) {
+	if !l.touched {
+		l.touched = true
+		sh.touched = append(sh.touched, l)
+	}
+}
+
 func (sh *shard) flushAll() {
 	for i, l := range sh.touched {
 		sh.flush(l)
@@ -244,10 +266,61 @@ func (sh *shard) flushAll() {
 	sh.touched = sh.touched[:0]
 }
 
-// flush sends l's queued publications to its subscribers: per encoding,
-// one Retain per frame for the whole shard, then one Send (one
-// publication) or one SendBatch (several) per subscriber.
+// flush sends what l has queued (at most one of the two runs is not
+// empty).
 func (sh *shard) flush(l *local) {
+	sh.flushPubs(l)
+	sh.flushPresence(l)
+}
+
+// flushPresence sends l's queued presence pushes to its listeners: per
+// encoding, one Retain per frame for the whole shard, then one Send or
+// SendBatch per listener.
+func (sh *shard) flushPresence(l *local) {
+	ds := l.prun
+	if len(ds) == 0 {
+		return
+	}
+	for e := range l.listen {
+		ls := l.listen[e]
+		fs := sh.scratch[:0]
+		for _, d := range ds {
+			f := d.frames[e]
+			switch {
+			case f == nil:
+				continue
+			case len(ls) == 0:
+				f.Release()
+				continue
+			case len(ls) > 1:
+				f.Retain(len(ls) - 1)
+			}
+			fs = append(fs, f)
+		}
+		switch len(fs) {
+		case 0:
+			continue
+		case 1:
+			for _, s := range ls {
+				s.Send(fs[0])
+			}
+		default:
+			for _, s := range ls {
+				s.SendBatch(fs)
+			}
+		}
+		sh.presence.Add(uint64(len(ls) * len(fs)))
+		clear(fs)
+		sh.scratch = fs[:0]
+	}
+	clear(ds)
+	l.prun = ds[:0]
+}
+
+// flushPubs sends l's queued publications to its subscribers: per
+// encoding, one Retain per frame for the whole shard, then one Send (one
+// publication) or one SendBatch (several) per subscriber.
+func (sh *shard) flushPubs(l *local) {
 	ds := l.run
 	if len(ds) == 0 {
 		return
@@ -353,10 +426,27 @@ func (sh *shard) activate(l *local, it *item) {
 	e := p.enc - 1
 	l.index[p.sub] = len(l.subs[e])
 	l.subs[e] = append(l.subs[e], p.sub)
+	if it.listener {
+		if l.lindex == nil {
+			l.lindex = make(map[Subscriber]int)
+		}
+		l.lindex[p.sub] = len(l.listen[e])
+		l.listen[e] = append(l.listen[e], p.sub)
+	}
 }
 
 // remove drops a subscriber, live or pending.
 func (sh *shard) remove(l *local, it *item) {
+	if i, ok := l.lindex[it.sub]; ok {
+		ls := l.listen[it.enc-1]
+		last := len(ls) - 1
+		moved := ls[last]
+		ls[i] = moved
+		l.lindex[moved] = i
+		ls[last] = nil
+		l.listen[it.enc-1] = ls[:last]
+		delete(l.lindex, it.sub)
+	}
 	if i, ok := l.index[it.sub]; ok {
 		subs := l.subs[it.enc-1]
 		last := len(subs) - 1
