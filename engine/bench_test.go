@@ -37,12 +37,13 @@ func BenchmarkUpgrade(b *testing.B) {
 		b.Run(tc.name, func(b *testing.B) {
 			s := benchServer(b, Config{})
 			head := []byte(upgradeRequest("GET", "/ws", tc.extra...))
+			c := &Conn{srv: s}
 			b.ReportAllocs()
 			b.SetBytes(int64(len(head)))
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				out := wsframe.Get()
-				if _, err := s.negotiate(head, out); err != nil {
+				if _, err := s.negotiate(c, head, out); err != nil {
 					b.Fatal(err)
 				}
 				out.Release()

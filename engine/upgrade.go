@@ -159,10 +159,23 @@ func (h *handshakeIO) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// upgradeState collects what the header callbacks saw.
+// upgradeState collects what the header callbacks saw. Byte slices point
+// into gobwas/ws's read buffer and are valid until the upgrade returns.
 type upgradeState struct {
 	s    *Server
+	c    *Conn // the connection being upgraded
 	host []byte
+	// uri is the request target (path and query), for the token query
+	// parameter.
+	uri []byte
+	// origins counts Origin headers: a request with more than one is
+	// refused (which one would a browser have meant?).
+	origins       int
+	authorization []byte // the Authorization header
+	// The X-Forwarded-* headers, honoured only from a trusted proxy.
+	forwardedFor   []byte
+	forwardedHost  []byte
+	forwardedProto []byte
 	// targetHost is the authority of a request target in absolute form,
 	// which then names the host instead of the Host header (RFC 7230 5.5).
 	targetHost      []byte
@@ -184,6 +197,7 @@ var errOriginForbidden = ws.RejectConnectionError(
 var headerOrigin = []byte("Origin")
 
 func (u *upgradeState) onRequest(uri []byte) error {
+	u.uri = uri
 	if authority, _, ok := splitAbsoluteURI(uri); ok {
 		u.targetHost = authority
 	}
@@ -196,11 +210,28 @@ func (u *upgradeState) onHost(host []byte) error {
 }
 
 func (u *upgradeState) onHeader(key, value []byte) error {
-	if bytes.EqualFold(key, headerOrigin) {
+	switch {
+	case bytes.EqualFold(key, headerOrigin):
 		u.origin = value
+		u.origins++
+	case bytes.EqualFold(key, headerAuthorization):
+		u.authorization = value
+	case bytes.EqualFold(key, headerForwardedFor):
+		u.forwardedFor = value
+	case bytes.EqualFold(key, headerForwardedHost):
+		u.forwardedHost = value
+	case bytes.EqualFold(key, headerForwardedProto):
+		u.forwardedProto = value
 	}
 	return nil
 }
+
+var (
+	headerAuthorization  = []byte("Authorization")
+	headerForwardedFor   = []byte("X-Forwarded-For")
+	headerForwardedHost  = []byte("X-Forwarded-Host")
+	headerForwardedProto = []byte("X-Forwarded-Proto")
+)
 
 // selectProtocol picks the first supported subprotocol from one
 // Sec-WebSocket-Protocol header value. Constant results: no allocation.
@@ -226,18 +257,18 @@ func (u *upgradeState) selectProtocol(v []byte) (string, bool) {
 	return "", true
 }
 
+// beforeUpgrade decides, once every header has been read, whether the
+// upgrade goes ahead: admission (admission.go: origin, limits, load), the
+// subprotocol, then authentication (authn.go). A refusal is a
+// ws.RejectConnectionError carrying its HTTP status and reason.
 func (u *upgradeState) beforeUpgrade() (ws.HandshakeHeader, error) {
-	host := u.host
-	if u.targetHost != nil {
-		host = u.targetHost
-	}
-	if len(u.origin) > 0 && !u.s.originAllowed(u.origin, host) {
-		return nil, errOriginForbidden
+	if err := u.s.admit(u); err != nil {
+		return nil, err
 	}
 	if u.protocolOffered && u.protocol == "" && !u.s.cfg.Echo {
 		return nil, errBadSubprotocol
 	}
-	return nil, nil
+	return u.s.authenticate(u)
 }
 
 // upgrade performs the WebSocket handshake on the request head with
@@ -251,7 +282,7 @@ func (s *Server) upgrade(c *Conn, head []byte) bool {
 		return false
 	}
 	resp := wsframe.Get()
-	hs, err := s.negotiate(head, resp)
+	hs, err := s.negotiate(c, head, resp)
 	resp.FinishRaw()
 	if err != nil {
 		if resp.Len() == 0 {
@@ -316,9 +347,9 @@ var upgraderPool = sync.Pool{New: func() any {
 
 // negotiate runs gobwas/ws's upgrader over a complete request head and
 // appends the response (101 or the rejection) to out.B.
-func (s *Server) negotiate(head []byte, out *wsframe.Frame) (ws.Handshake, error) {
+func (s *Server) negotiate(c *Conn, head []byte, out *wsframe.Frame) (ws.Handshake, error) {
 	up := upgraderPool.Get().(*upgrader)
-	up.st = upgradeState{s: s}
+	up.st = upgradeState{s: s, c: c}
 	up.hsio = handshakeIO{head: head, out: out}
 	hs, err := up.u.Upgrade(&up.hsio)
 	up.st = upgradeState{}
