@@ -1,7 +1,5 @@
 package engine
 
-
-
 // admit decides whether an upgrade request may proceed, before any
 // authentication: the browser origin check (cross-site WebSocket
 // hijacking).
@@ -15,4 +13,3 @@ func (s *Server) admit(u *upgradeState) error {
 	}
 	return nil
 }
-
