@@ -545,6 +545,15 @@ func (c *Conn) onClosed() {
 	if prev == stateHTTP && c.httpHead != nil {
 		head := c.httpHead
 		c.httpHead = nil
+		// The poller may have read more of the request (a body arriving
+		// while onRequest detached the socket); the connection is off
+		// the poller now and its buffer not yet freed: net/http gets
+		// those bytes too, or the request would wait for them forever.
+		if r := c.nc.Reader(); r.Len() > 0 {
+			if more, err := r.Next(r.Len()); err == nil {
+				head = append(head, more...)
+			}
+		}
 		c.srv.handoffHTTP(c.fd, head)
 	}
 }
