@@ -82,8 +82,8 @@ type Conn struct {
 	partialSince atomic.Int64
 
 	// busy is set while the connection reads often enough to be served on
-	// netpoll's poller (runCallback); trimPending while it may hold an
-	// input node that only a Release off the poller drops (trimInput).
+	// netpoll's poller (runCallback); trimPending after a read, while it
+	// may hold an input node that only a later Release drops (trimInput).
 	busy        atomic.Bool
 	trimPending atomic.Bool
 

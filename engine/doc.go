@@ -11,6 +11,8 @@
 //
 //  1. accept: netpoll's poller accepts; onPrepare creates the Conn and
 //     registers it. No goroutine, no timer: the sweeper enforces deadlines.
+//     Near RLIMIT_NOFILE a socket is answered 503 and closed instead
+//     (admission.go), so health checks and the admin port keep descriptors.
 //  2. upgrade: onRequest looks for the end of the request head in the input
 //     (pieces are kept in Conn.inbuf until it is complete, HandshakeTimeout
 //     from accept). A request for /ws is upgraded by gobwas/ws reading that
@@ -135,9 +137,11 @@
 //     previous, twice in a row) run on the poller; others, and every
 //     handshake, in netpoll's goroutine pool. A goroutine hand-off per
 //     message cost more than the message; but netpoll drops the emptied node
-//     only on a Release off the poller, so a busy connection keeps its node
-//     until it has been quiet for a second and the sweeper trims it. An idle
-//     connection holds no goroutine either way.
+//     only on a Release off the poller (and not always from the pool: the
+//     task can run before the poller is done with the event), so every
+//     connection that read is trimmed by the sweeper once it has been quiet
+//     for a second. An idle connection holds no goroutine and no input
+//     buffer either way.
 //   - GOMAXPROCS/2 pollers: they now also run handlers.
 //   - Writes bypass netpoll's output buffer entirely (direct writev on the
 //     socket; the write poller for full sockets). netpoll itself is patched

@@ -101,9 +101,14 @@ func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
 
 // noteRead tracks how often the connection reads, for runCallback.
 func (c *Conn) noteRead() {
-	if c.busy.Load() && !c.trimPending.Swap(true) {
-		// This callback may be running on the poller: only a Release off
-		// the poller drops the input node it leaves behind.
+	if !c.trimPending.Swap(true) {
+		// netpoll drops an emptied input node only on a Release made off
+		// the poller while the poller is not busy with the connection:
+		// never from a callback on the poller, and not always from one in
+		// the pool (the task may run before the poller has finished with
+		// the event; netpoll_pin_test.go). So once a connection has been
+		// quiet for trimAfter, the sweeper releases again (trimInput), and
+		// an idle connection keeps no input buffer.
 		c.srv.wheel.scheduleBy(c, c.srv.clock.Load()+trimAfter.Nanoseconds())
 	}
 	now := monotime()
