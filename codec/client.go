@@ -16,8 +16,8 @@ var ErrFieldType = errors.New("codec: server message field has the wrong type")
 // of the publications of subscribe and history replies) is copied, whole and
 // still encoded, into Publication.JSON or Publication.Msgpack according to
 // enc. For a pub push, Channel, Epoch, Offset and Info are also set on m. The
-// connected push's client and user go to m.Info, as do the info of join,
-// leave and pub pushes. Unknown fields are ignored and null counts as absent;
+// connected push's (and connect reply's) client, user and name go to m.Info,
+// as do the info of join, leave and pub pushes. Unknown fields are ignored and null counts as absent;
 // an unknown push kind gives m.Push == PushUnknown.
 //
 // It returns ErrNotObject when msg is not one well-formed object of enc, and
@@ -86,6 +86,8 @@ func pushKind(s string) PushKind {
 		return PushJoin
 	case "leave":
 		return PushLeave
+	case "refresh":
+		return PushRefresh
 	}
 	return PushUnknown
 }
@@ -111,6 +113,8 @@ func (d *serverDecoder) field(key []byte) error {
 		m.Info.Client, _, err = r.str()
 	case "user":
 		m.Info.User, _, err = r.str()
+	case "name":
+		m.Info.Name, _, err = r.str()
 	case "info":
 		d.info = &m.Info
 		err = r.object(d.infoField)
@@ -176,6 +180,8 @@ func (d *serverDecoder) infoField(key []byte) error {
 		d.info.Client, _, err = d.r.str()
 	case "user":
 		d.info.User, _, err = d.r.str()
+	case "name":
+		d.info.Name, _, err = d.r.str()
 	default:
 		return d.r.skip()
 	}

@@ -124,11 +124,11 @@ func TestDecodeServerMessageForms(t *testing.T) {
 		{"unknown fields and nulls", ` {"id":1,"ok":true,"x":{"y":[1,"\u00e9"]},"epoch":null,"publications":null} `,
 			ServerMessage{ID: 1, HasID: true, OK: true}},
 		{"escaped strings", `{"push":"join","channel":"r\/1","info":{"client":"\u0063","user":"\ud83d\ude00\n"}}`,
-			ServerMessage{Push: PushJoin, Channel: "r/1", Info: ClientInfo{"c", "😀\n"}}},
+			ServerMessage{Push: PushJoin, Channel: "r/1", Info: ClientInfo{Client: "c", User: "😀\n"}}},
 		{"escaped keys", `{"\u0070ush":"connected","\u0063lient":"x"}`, ServerMessage{Push: PushConnected, Info: ClientInfo{Client: "x"}}},
 		{"any field order", `{"info":{"user":"u","client":"c"},"data":[1],"offset":3,"epoch":"e","channel":"ch","push":"pub"}`,
-			ServerMessage{Push: PushPub, Channel: "ch", Epoch: "e", Offset: 3, Info: ClientInfo{"c", "u"},
-				Pub: Publication{Channel: "ch", Epoch: "e", Offset: 3, Info: ClientInfo{"c", "u"}, JSON: []byte("[1]")}}},
+			ServerMessage{Push: PushPub, Channel: "ch", Epoch: "e", Offset: 3, Info: ClientInfo{Client: "c", User: "u"},
+				Pub: Publication{Channel: "ch", Epoch: "e", Offset: 3, Info: ClientInfo{Client: "c", User: "u"}, JSON: []byte("[1]")}}},
 	} {
 		for _, enc := range encodings {
 			t.Run(tc.name+"/enc="+enc.String(), func(t *testing.T) {

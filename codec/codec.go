@@ -29,6 +29,12 @@ const (
 	OpPresence
 	OpHistory
 	OpPing
+	// OpConnect authenticates a connection that upgraded without a token
+	// (browsers): {"op":"connect","token":T} or, where anonymous access is
+	// allowed, {"op":"connect","name":N}.
+	OpConnect
+	// OpRefresh replaces a live connection's token: {"op":"refresh","token":T}.
+	OpRefresh
 )
 
 // Error codes of error replies (PROTOCOL.md).
@@ -51,6 +57,9 @@ const (
 	PushPub
 	PushJoin
 	PushLeave
+	// PushRefresh asks the client to send a fresh token (op refresh) before
+	// its token expires: {"push":"refresh"}.
+	PushRefresh
 )
 
 // ErrNotObject is returned when a message does not decode as an object of the
@@ -76,6 +85,11 @@ type StreamPosition struct {
 type ClientInfo struct {
 	Client string
 	User   string
+	// Name is the optional display name, written as "name" in info objects
+	// (and in the connected push) only when it is not empty. With User set
+	// it comes from the user's token; with User empty it is what an
+	// anonymous client called itself, unverified.
+	Name string
 }
 
 // Publication is one message published to a channel. It is immutable once
@@ -109,6 +123,11 @@ type Command struct {
 	Presence bool
 	// Limit of a history command; 0 when absent.
 	Limit int
+	// Token is the JWT of connect (optional) and refresh (required).
+	Token []byte
+	// Name is the display name an anonymous client gives in connect or
+	// subscribe (optional).
+	Name []byte
 
 	// scratch holds the unescaped text of JSON strings written with
 	// backslash escapes (rare: Channel or RecoverEpoch then alias it instead

@@ -17,6 +17,9 @@ var (
 	errRecoverType  = &CommandError{CodeBadRequest, "recover must be an object {epoch: string, offset: unsigned integer}"}
 	errPresenceType = &CommandError{CodeBadRequest, "presence must be a boolean"}
 	errLimitType    = &CommandError{CodeBadRequest, "limit must be a non-negative integer"}
+	errNoToken      = &CommandError{CodeBadRequest, "refresh needs token"}
+	errTokenType    = &CommandError{CodeBadRequest, "token must be a string"}
+	errNameType     = &CommandError{CodeBadRequest, "name must be a string"}
 )
 
 // DecodeCommand decodes one client message. It returns ErrNotObject when the
@@ -28,9 +31,12 @@ var (
 // bytes after the object, invalid UTF-8 in a JSON string (raw bytes), or
 // nesting deeper than MaxDepth give ErrNotObject. Unknown fields are ignored,
 // for duplicate fields the last one wins, and a null id, channel, op,
-// recover, presence or limit counts as absent ("data": null is the value
-// null). Fields that the op does not use are not validated beyond syntax and
-// are left zero in cmd. cmd.Op is set as soon as the op is known, even when a
+// recover, presence, limit, token or name counts as absent ("data": null is
+// the value null). Fields that the op does not use are not validated beyond
+// syntax and are left zero in cmd: token belongs to connect (optional) and
+// refresh (required), name to connect and subscribe (optional); neither is
+// checked beyond being a string (what a token or a name may be is the
+// server's policy). cmd.Op is set as soon as the op is known, even when a
 // *CommandError follows.
 //
 // Data is the raw bytes of the complete data value, aliasing msg; it is
@@ -38,7 +44,7 @@ var (
 // encoding succeeds): a JSON string with a lone surrogate escape (\ud800),
 // a JSON number out of float64 range, a msgpack ext value, non-string map key,
 // invalid UTF-8 str or NaN/infinite float make publish a bad_request.
-// Channel and RecoverEpoch alias msg too, except for JSON strings written
+// Channel, RecoverEpoch, Token and Name alias msg too, except for JSON strings written
 // with escapes, whose unescaped text lives in a buffer owned by cmd (valid
 // until the next DecodeCommand into cmd).
 //
@@ -69,10 +75,11 @@ const (
 
 // cmdFields collects a command's fields in any order; finish validates them.
 type cmdFields struct {
-	op, channel, data, epoch               []byte
+	op, channel, data, epoch, token, name  []byte
 	id, offset                             uint64
 	limit                                  int
 	opSt, idSt, chSt, recSt, presSt, limSt uint8
+	tokSt, nameSt                          uint8
 	hasData, presence                      bool
 	dataErr                                error
 }
@@ -99,7 +106,23 @@ func (f *cmdFields) finish(cmd *Command) error {
 		return &CommandError{CodeUnknownOp, "unknown op " + strconv.Quote(string(name))}
 	}
 	cmd.Op = op
-	if op == OpPing {
+	switch op {
+	case OpPing:
+		return nil
+	case OpConnect, OpRefresh:
+		switch f.tokSt {
+		case stOK:
+			cmd.Token = f.token
+		case stBad:
+			return errTokenType
+		default:
+			if op == OpRefresh {
+				return errNoToken
+			}
+		}
+		if op == OpConnect {
+			return f.finishName(cmd)
+		}
 		return nil
 	}
 	switch f.chSt {
@@ -134,6 +157,7 @@ func (f *cmdFields) finish(cmd *Command) error {
 		case stBad:
 			return errPresenceType
 		}
+		return f.finishName(cmd)
 	case OpHistory:
 		switch f.limSt {
 		case stOK:
@@ -141,6 +165,18 @@ func (f *cmdFields) finish(cmd *Command) error {
 		case stBad:
 			return errLimitType
 		}
+	}
+	return nil
+}
+
+// finishName sets cmd.Name from the optional name field (connect,
+// subscribe).
+func (f *cmdFields) finishName(cmd *Command) error {
+	switch f.nameSt {
+	case stOK:
+		cmd.Name = f.name
+	case stBad:
+		return errNameType
 	}
 	return nil
 }
@@ -208,6 +244,10 @@ func decodeCommandJSON(msg []byte, cmd *Command) error {
 				}
 			case "channel":
 				f.channel, f.chSt, i = s.strValue(i, &scratch)
+			case "token":
+				f.token, f.tokSt, i = s.strValue(i, &scratch)
+			case "name":
+				f.name, f.nameSt, i = s.strValue(i, &scratch)
 			case "data":
 				s.unsup = nil
 				end := s.value(i, 1)
@@ -421,6 +461,10 @@ func decodeCommandMsgpack(msg []byte, cmd *Command) error {
 			f.idSt, i = s.uintState(i, next, kind)
 		case "channel":
 			f.channel, f.chSt, i = s.strValue(i)
+		case "token":
+			f.token, f.tokSt, i = s.strValue(i)
+		case "name":
+			f.name, f.nameSt, i = s.strValue(i)
 		case "data":
 			s.check, s.unsup = true, nil
 			end := s.value(i, 1)
@@ -542,8 +586,8 @@ func (s *mscan) recoverValue(i int, f *cmdFields) int {
 //
 // Only the fields that are set are written: id if HasID, channel if
 // non-empty, data if non-nil (an empty non-nil Data is written as null),
-// recover if HasRecover, presence if true, limit if > 0. Any enc other than
-// Msgpack encodes JSON.
+// recover if HasRecover, presence if true, limit if > 0, token and name if
+// non-empty. Any enc other than Msgpack encodes JSON.
 func AppendCommand(dst []byte, enc Encoding, cmd *Command) []byte {
 	if enc == Msgpack {
 		return appendCommandMsgpack(dst, cmd)
@@ -578,12 +622,21 @@ func AppendCommand(dst []byte, enc Encoding, cmd *Command) []byte {
 		dst = append(dst, `,"limit":`...)
 		dst = strconv.AppendInt(dst, int64(cmd.Limit), 10)
 	}
+	if len(cmd.Token) > 0 {
+		dst = append(dst, `,"token":`...)
+		dst = appendJSONString(dst, bytesString(cmd.Token))
+	}
+	if len(cmd.Name) > 0 {
+		dst = append(dst, `,"name":`...)
+		dst = appendJSONString(dst, bytesString(cmd.Name))
+	}
 	return append(dst, '}')
 }
 
 func appendCommandMsgpack(dst []byte, cmd *Command) []byte {
 	n := 1
-	for _, set := range [...]bool{cmd.HasID, len(cmd.Channel) > 0, cmd.Data != nil, cmd.HasRecover, cmd.Presence, cmd.Limit > 0} {
+	for _, set := range [...]bool{cmd.HasID, len(cmd.Channel) > 0, cmd.Data != nil, cmd.HasRecover, cmd.Presence, cmd.Limit > 0,
+		len(cmd.Token) > 0, len(cmd.Name) > 0} {
 		if set {
 			n++
 		}
@@ -615,6 +668,14 @@ func appendCommandMsgpack(dst []byte, cmd *Command) []byte {
 	if cmd.Limit > 0 {
 		dst = append(dst, "\xa5limit"...)
 		dst = mpAppendUint(dst, uint64(cmd.Limit))
+	}
+	if len(cmd.Token) > 0 {
+		dst = append(dst, "\xa5token"...)
+		dst = mpAppendStrBytes(dst, cmd.Token)
+	}
+	if len(cmd.Name) > 0 {
+		dst = append(dst, "\xa4name"...)
+		dst = mpAppendStrBytes(dst, cmd.Name)
 	}
 	return dst
 }

@@ -40,7 +40,7 @@ func TestEncodingNames(t *testing.T) {
 
 func TestOpNames(t *testing.T) {
 	want := map[Op]string{OpUnknown: "", OpSubscribe: "subscribe", OpUnsubscribe: "unsubscribe",
-		OpPublish: "publish", OpPresence: "presence", OpHistory: "history", OpPing: "ping", Op(200): ""}
+		OpPublish: "publish", OpPresence: "presence", OpHistory: "history", OpPing: "ping", OpConnect: "connect", OpRefresh: "refresh", Op(200): ""}
 	for op, name := range want {
 		if got := op.String(); got != name {
 			t.Errorf("Op(%d).String() = %q, want %q", op, got, name)
@@ -116,7 +116,8 @@ func wantCommand(t *testing.T, enc Encoding, got, want *Command) {
 	if got.Op != want.Op || got.ID != want.ID || got.HasID != want.HasID ||
 		!bytes.Equal(got.Channel, want.Channel) || got.HasRecover != want.HasRecover ||
 		!bytes.Equal(got.RecoverEpoch, want.RecoverEpoch) || got.RecoverOffset != want.RecoverOffset ||
-		got.Presence != want.Presence || got.Limit != want.Limit || (got.Data == nil) != (want.Data == nil) {
+		got.Presence != want.Presence || got.Limit != want.Limit || (got.Data == nil) != (want.Data == nil) ||
+		!bytes.Equal(got.Token, want.Token) || !bytes.Equal(got.Name, want.Name) {
 		t.Fatalf("%v: got %+v\nwant %+v", enc, got, want)
 	}
 	if want.Data != nil {
@@ -145,6 +146,11 @@ func TestCommandRoundTrip(t *testing.T) {
 		{"presence", Command{Op: OpPresence, ID: 5, HasID: true, Channel: []byte(strings.Repeat("x", 255))}},
 		{"history", Command{Op: OpHistory, ID: 6, HasID: true, Channel: []byte("c")}},
 		{"history limit", Command{Op: OpHistory, Channel: []byte("c"), Limit: 1 << 40}},
+		{"connect token", Command{Op: OpConnect, ID: 7, HasID: true, Token: []byte("eyJ.eyJ.sig-_")}},
+		{"connect name", Command{Op: OpConnect, ID: 8, HasID: true, Name: []byte("Ada \"Lovelace\" ☃")}},
+		{"connect bare", Command{Op: OpConnect}},
+		{"refresh", Command{Op: OpRefresh, ID: 9, HasID: true, Token: []byte("a.b.c")}},
+		{"subscribe name", Command{Op: OpSubscribe, ID: 10, HasID: true, Channel: []byte("c"), Name: []byte("Bob")}},
 	} {
 		for _, enc := range encodings {
 			t.Run(tc.name+"/enc="+enc.String(), func(t *testing.T) {
@@ -251,6 +257,12 @@ var bothErrCases = []cmdErrCase{
 	{name: "limit negative", msg: `{"op":"history","channel":"c","limit":-1}`, want: CodeBadRequest, message: "limit must be", op: OpHistory},
 	{name: "limit float", msg: `{"op":"history","channel":"c","limit":2.5}`, want: CodeBadRequest, message: "limit must be", op: OpHistory},
 	{name: "limit string", msg: `{"op":"history","channel":"c","limit":"5"}`, want: CodeBadRequest, message: "limit must be", op: OpHistory},
+	{name: "refresh no token", msg: `{"op":"refresh","id":4}`, want: CodeBadRequest, message: "refresh needs token", id: 4, hasID: true, op: OpRefresh},
+	{name: "refresh null token", msg: `{"op":"refresh","token":null}`, want: CodeBadRequest, message: "refresh needs token", op: OpRefresh},
+	{name: "refresh token number", msg: `{"op":"refresh","token":5}`, want: CodeBadRequest, message: "token must be a string", op: OpRefresh},
+	{name: "connect token object", msg: `{"op":"connect","token":{"a":1}}`, want: CodeBadRequest, message: "token must be a string", op: OpConnect},
+	{name: "connect name number", msg: `{"op":"connect","name":1}`, want: CodeBadRequest, message: "name must be a string", op: OpConnect},
+	{name: "subscribe name bool", msg: `{"op":"subscribe","channel":"c","name":true}`, want: CodeBadRequest, message: "name must be a string", op: OpSubscribe},
 }
 
 // JSON-only errors (malformed JSON, JSON-specific values).

@@ -104,6 +104,8 @@ var opNames = [...]string{
 	OpPresence:    "presence",
 	OpHistory:     "history",
 	OpPing:        "ping",
+	OpConnect:     "connect",
+	OpRefresh:     "refresh",
 }
 
 // String returns the op's wire name ("subscribe", ...), "" for OpUnknown
@@ -130,6 +132,10 @@ func opFromName(name []byte) Op {
 		return OpHistory
 	case "ping":
 		return OpPing
+	case "connect":
+		return OpConnect
+	case "refresh":
+		return OpRefresh
 	}
 	return OpUnknown
 }

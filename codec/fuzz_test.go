@@ -26,6 +26,10 @@ var validCommands = []string{
 	`{"id":6,"op":"history","channel":"c","limit":10}`,
 	`{"id":7,"op":"ping"}`,
 	`{"op":"ping","unknown":{"a":[1,2,{"b":null}]}}`,
+	`{"id":8,"op":"connect","token":"eyJhbGciOiJIUzI1NiJ9.e30.sig"}`,
+	`{"id":9,"op":"connect","name":"Ada é"}`,
+	`{"id":10,"op":"refresh","token":"a.b.c"}`,
+	`{"id":11,"op":"subscribe","channel":"c","name":"Ada"}`,
 }
 
 func seedCommands(f *testing.F, enc Encoding) {
@@ -79,10 +83,14 @@ func checkDecodeCommand(t *testing.T, enc Encoding, msg []byte) {
 		}
 		return
 	}
-	if cmd.Op == OpUnknown || cmd.Op > OpPing {
+	if cmd.Op == OpUnknown || cmd.Op > OpRefresh {
 		t.Fatalf("accepted op %d", cmd.Op)
 	}
-	if cmd.Op != OpPing && !ValidChannel(cmd.Channel) {
+	if cmd.Op == OpRefresh && len(cmd.Token) == 0 && !bytes.Contains(msg, []byte("token")) {
+		t.Fatalf("refresh without token accepted: %q", msg)
+	}
+	noChannel := cmd.Op == OpPing || cmd.Op == OpConnect || cmd.Op == OpRefresh
+	if !noChannel && !ValidChannel(cmd.Channel) {
 		t.Fatalf("accepted channel %q", cmd.Channel)
 	}
 	if cmd.Op == OpPublish {
@@ -100,7 +108,8 @@ func checkDecodeCommand(t *testing.T, enc Encoding, msg []byte) {
 	if cmd.Op != cmd2.Op || cmd.ID != cmd2.ID || cmd.HasID != cmd2.HasID || string(cmd.Channel) != string(cmd2.Channel) ||
 		!bytes.Equal(cmd.Data, cmd2.Data) && !(enc == JSON && cmd.Data != nil) ||
 		cmd.HasRecover != cmd2.HasRecover || string(cmd.RecoverEpoch) != string(cmd2.RecoverEpoch) ||
-		cmd.RecoverOffset != cmd2.RecoverOffset || cmd.Presence != cmd2.Presence || cmd.Limit != cmd2.Limit {
+		cmd.RecoverOffset != cmd2.RecoverOffset || cmd.Presence != cmd2.Presence || cmd.Limit != cmd2.Limit ||
+		string(cmd.Token) != string(cmd2.Token) || string(cmd.Name) != string(cmd2.Name) {
 		t.Fatalf("re-encoded command differs:\n%+v\n%+v", cmd, cmd2)
 	}
 }

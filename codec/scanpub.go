@@ -11,8 +11,8 @@ package codec
 // as a pub push with the same offset and the same data bytes. It is false
 // for every other message and also for pub pushes it does not read itself:
 // ones with escaped keys or an escaped "push" value, or with fields that a
-// pub push does not carry (id, ok, error, client, user, recovered, count,
-// publications, clients). Callers then fall back to DecodeServerMessage.
+// pub push does not carry (id, ok, error, client, user, name, recovered,
+// count, publications, clients). Callers then fall back to DecodeServerMessage.
 func ScanPub(enc Encoding, msg []byte) (offset uint64, data []byte, ok bool) {
 	switch enc {
 	case JSON:
@@ -28,7 +28,7 @@ func ScanPub(enc Encoding, msg []byte) (offset uint64, data []byte, ok bool) {
 // checks their types.
 func notPubField(key []byte) bool {
 	switch string(key) {
-	case "id", "ok", "error", "client", "user", "recovered", "count", "publications", "clients":
+	case "id", "ok", "error", "client", "user", "name", "recovered", "count", "publications", "clients":
 		return true
 	}
 	return false

@@ -9,23 +9,79 @@ import "strconv"
 // JSON. Strings are escaped as described in jsonwrite.go; invalid UTF-8 in
 // them is written as U+FFFD in JSON and as is in msgpack.
 
-// AppendConnected appends {"push":"connected","client","user"}.
+// AppendConnected appends {"push":"connected","client","user"}, with
+// "name" after user when info.Name is not empty.
 func AppendConnected(dst []byte, enc Encoding, info ClientInfo) []byte {
 	if enc == Msgpack {
-		dst = append(dst, "\x83\xa4push\xa9connected\xa6client"...)
-		dst = mpAppendStr(dst, info.Client)
-		dst = append(dst, "\xa4user"...)
-		return mpAppendStr(dst, info.User)
+		if info.Name != "" {
+			dst = append(dst, 0x84)
+		} else {
+			dst = append(dst, 0x83)
+		}
+		dst = append(dst, "\xa4push\xa9connected"...)
+		return mpAppendIdentity(dst, info)
 	}
-	dst = append(dst, `{"push":"connected","client":`...)
-	dst = appendJSONString(dst, info.Client)
-	dst = append(dst, `,"user":`...)
-	dst = appendJSONString(dst, info.User)
+	dst = append(dst, `{"push":"connected",`...)
+	dst = appendIdentityJSON(dst, info)
 	return append(dst, '}')
 }
 
+// AppendConnectOK appends the reply to a successful connect:
+// {"id","ok":true,"client","user"}, with "name" when info.Name is not empty.
+func AppendConnectOK(dst []byte, enc Encoding, id uint64, info ClientInfo) []byte {
+	n := 4
+	if info.Name != "" {
+		n++
+	}
+	dst = appendOKHead(dst, enc, id, n)
+	if enc == Msgpack {
+		return mpAppendIdentity(dst, info)
+	}
+	dst = append(dst, ',')
+	dst = appendIdentityJSON(dst, info)
+	return append(dst, '}')
+}
+
+// AppendRefresh appends the refresh push, {"push":"refresh"}: the
+// connection's token expires soon and the server wants a refresh command.
+func AppendRefresh(dst []byte, enc Encoding) []byte {
+	if enc == Msgpack {
+		return append(dst, "\x81\xa4push\xa7refresh"...)
+	}
+	return append(dst, `{"push":"refresh"}`...)
+}
+
+// appendIdentityJSON appends "client":C,"user":U and ,"name":N when the
+// name is not empty (the fields of an info object, without braces).
+func appendIdentityJSON(dst []byte, info ClientInfo) []byte {
+	dst = append(dst, `"client":`...)
+	dst = appendJSONString(dst, info.Client)
+	dst = append(dst, `,"user":`...)
+	dst = appendJSONString(dst, info.User)
+	if info.Name != "" {
+		dst = append(dst, `,"name":`...)
+		dst = appendJSONString(dst, info.Name)
+	}
+	return dst
+}
+
+// mpAppendIdentity appends the client, user and (when not empty) name
+// entries of a map whose header the caller wrote.
+func mpAppendIdentity(dst []byte, info ClientInfo) []byte {
+	dst = append(dst, "\xa6client"...)
+	dst = mpAppendStr(dst, info.Client)
+	dst = append(dst, "\xa4user"...)
+	dst = mpAppendStr(dst, info.User)
+	if info.Name != "" {
+		dst = append(dst, "\xa4name"...)
+		dst = mpAppendStr(dst, info.Name)
+	}
+	return dst
+}
+
 // AppendPub appends the pub push of p:
-// {"push":"pub","channel","epoch","offset","data","info":{"client","user"}}.
+// {"push":"pub","channel","epoch","offset","data","info":{"client","user"}}
+// (info with "name" when p.Info.Name is not empty).
 func AppendPub(dst []byte, enc Encoding, p *Publication) []byte {
 	if enc == Msgpack {
 		dst = append(dst, "\x86\xa4push\xa3pub"...)
@@ -56,11 +112,10 @@ func appendPubFieldsJSON(dst []byte, p *Publication) []byte {
 	return append(dst, '}')
 }
 
+// appendInfoJSON appends an info object: {"client","user"}, with "name"
+// when info.Name is not empty.
 func appendInfoJSON(dst []byte, info ClientInfo) []byte {
-	dst = append(dst, `{"client":`...)
-	dst = appendJSONString(dst, info.Client)
-	dst = append(dst, `,"user":`...)
-	dst = appendJSONString(dst, info.User)
+	dst = appendIdentityJSON(append(dst, '{'), info)
 	return append(dst, '}')
 }
 
@@ -79,15 +134,19 @@ func mpAppendPubFields(dst []byte, p *Publication) []byte {
 	return mpAppendInfo(dst, p.Info)
 }
 
+// mpAppendInfo appends an info map: client, user and, when not empty, name.
 func mpAppendInfo(dst []byte, info ClientInfo) []byte {
-	dst = append(dst, "\x82\xa6client"...)
-	dst = mpAppendStr(dst, info.Client)
-	dst = append(dst, "\xa4user"...)
-	return mpAppendStr(dst, info.User)
+	if info.Name != "" {
+		dst = append(dst, 0x83)
+	} else {
+		dst = append(dst, 0x82)
+	}
+	return mpAppendIdentity(dst, info)
 }
 
 // AppendJoin appends a join push; AppendLeave a leave push:
-// {"push":"join","channel","info":{"client","user"}}.
+// {"push":"join","channel","info":{"client","user"}} (info with "name"
+// when it has one).
 func AppendJoin(dst []byte, enc Encoding, channel string, info ClientInfo) []byte {
 	return appendPresencePush(dst, enc, "join", channel, info)
 }

@@ -15,7 +15,7 @@ func testPub(t testing.TB, channel string, offset uint64, data string) *Publicat
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Publication{Channel: channel, Epoch: "ep1", Offset: offset, Info: ClientInfo{"cli-1", "alice"}, JSON: []byte(data), Msgpack: m}
+	return &Publication{Channel: channel, Epoch: "ep1", Offset: offset, Info: ClientInfo{Client: "cli-1", User: "alice"}, JSON: []byte(data), Msgpack: m}
 }
 
 // serverCase is one server encoder call with its exact JSON output; the
@@ -217,7 +217,9 @@ func TestServerEncodersReference(t *testing.T) {
 		{"error", func(d []byte, e Encoding) []byte { return AppendError(d, e, 0, false, CodeInternal, "oops") }, map[string]any{
 			"error": map[string]any{"code": "internal", "message": "oops"},
 		}},
-		{"presence", func(d []byte, e Encoding) []byte { return AppendPresenceOK(d, e, 2, []ClientInfo{{"a", "b"}}) }, map[string]any{
+		{"presence", func(d []byte, e Encoding) []byte {
+			return AppendPresenceOK(d, e, 2, []ClientInfo{{Client: "a", User: "b"}})
+		}, map[string]any{
 			"id": intNum("2"), "ok": true, "count": intNum("1"), "clients": []any{map[string]any{"client": "a", "user": "b"}},
 		}},
 	} {

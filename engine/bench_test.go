@@ -35,7 +35,7 @@ func BenchmarkUpgrade(b *testing.B) {
 		{"protocol=msgpack", []string{"Sec-WebSocket-Protocol: fanout.v1.msgpack", "Origin: http://example.test"}},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			s := benchServer(b, Config{})
+			s := benchServer(b, Config{AllowedOrigins: []string{"http://example.test"}})
 			head := []byte(upgradeRequest("GET", "/ws", tc.extra...))
 			c := &Conn{srv: s}
 			b.ReportAllocs()

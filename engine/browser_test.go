@@ -12,20 +12,38 @@ import (
 	"github.com/chromedp/chromedp"
 )
 
-// browserPath finds headless Chromium; the test is skipped without it
-// unless FANOUT_REQUIRE_BROWSER is set (CI installs it and sets it).
+// browserPath finds headless Chromium. Without it the test fails if
+// FANOUT_REQUIRE_BROWSER is set (.ci/run installs Chromium and sets it) and
+// is skipped loudly otherwise.
 func browserPath(t *testing.T) string {
 	t.Helper()
-	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+	names := []string{"chromium", "chromium-browser", "google-chrome"}
+	for _, name := range names {
 		if p, err := exec.LookPath(name); err == nil {
 			return p
 		}
 	}
 	if os.Getenv("FANOUT_REQUIRE_BROWSER") != "" {
-		t.Fatal("no Chromium found and FANOUT_REQUIRE_BROWSER is set")
+		t.Fatalf("no Chromium found (none of %s on PATH) and FANOUT_REQUIRE_BROWSER is set", strings.Join(names, ", "))
 	}
-	t.Skip("no Chromium installed")
+	skipLoudly(t, fmt.Sprintf("Chromium not installed (none of %s on PATH), so the browser end-to-end test did not run; install it, or set FANOUT_REQUIRE_BROWSER=1 to fail instead", strings.Join(names, ", ")))
 	return ""
+}
+
+// skipLoudly skips t for a missing external program and says so in one
+// "SKIPPED:" line. go test shows nothing of a passing package without -v, so
+// the line is also appended to the file named by $FANOUT_SKIP_LOG;
+// ./scripts/test.sh sets that variable and prints the file at the end.
+func skipLoudly(t *testing.T, reason string) {
+	t.Helper()
+	line := "SKIPPED: " + t.Name() + ": " + reason
+	if path := os.Getenv("FANOUT_SKIP_LOG"); path != "" {
+		if f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
+			_, _ = fmt.Fprintln(f, line)
+			_ = f.Close()
+		}
+	}
+	t.Skip(line)
 }
 
 // newBrowser starts headless Chromium with a fresh profile and returns a

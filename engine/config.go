@@ -15,6 +15,16 @@ type Config struct {
 	// ReusePort sets SO_REUSEPORT on the listener so that several processes
 	// can share one port. Default false.
 	ReusePort bool
+	// TLSCertFile and TLSKeyFile are PEM files of a certificate chain and
+	// its private key. Set (both), the port at Addr speaks TLS only:
+	// https:// and wss://, TLS 1.2 and 1.3, HTTP/1.1 by ALPN. They are read
+	// at Start (a bad pair fails it) and again by Server.ReloadTLS (the
+	// command's SIGHUP). TLS is terminated in the process in front of the
+	// event loop, two goroutines and three descriptors per connection
+	// (tls.go; its cost, and when a proxy in front is the better choice:
+	// bench/README.md, "TLS"). If empty, plain TCP.
+	TLSCertFile string
+	TLSKeyFile  string
 
 	// MaxMessageBytes is the largest message (after reassembly of
 	// fragments) a client may send; larger ones close the connection 1009.
@@ -79,10 +89,59 @@ type Config struct {
 	// kernel memory one connection can hold. If zero, the kernel's default
 	// (autotuned up to net.ipv4.tcp_wmem).
 	SendBufferBytes int
-	// AllowedOrigins lists the browser origins (scheme://host[:port]) other
-	// than the server's own host that may open WebSockets; "*" allows any.
-	// If empty, only same-host origins (and non-browser clients) may connect.
+
+	// ---- Admission control (admission.go, origin.go, memguard.go): what
+	// an upgrade must pass before authentication. The upgrade request head
+	// is bounded at 16 KiB (431), a fixed size: gobwas/ws must hold the
+	// whole head in one buffer.
+
+	// PublicURL is the URL browsers load the application from (e.g.
+	// "https://chat.example.com"; ws and wss count as http and https): a
+	// page of its origin (scheme, host, port) may open WebSockets. With
+	// neither PublicURL nor AllowedOrigins the server is in development
+	// mode, logged at start: only pages on localhost whose origin is the
+	// request's own host may connect. Requests without Origin (not
+	// browsers) are always allowed. If empty, none.
+	PublicURL string
+	// AllowedOrigins lists further browser origins (scheme://host[:port])
+	// that may open WebSockets; "*" allows any. The scheme and port must
+	// match (default ports made explicit); a request with more than one
+	// Origin gets 400, an origin not allowed 403. If empty, only
+	// PublicURL's origin (or, without it, development mode).
 	AllowedOrigins []string
+	// TrustedProxies lists the proxies (CIDRs such as "10.0.0.0/8", or
+	// single addresses) whose X-Forwarded-For, X-Forwarded-Host and
+	// X-Forwarded-Proto are believed: the client address (for
+	// MaxConnsPerIP) is then the rightmost X-Forwarded-For hop that is not
+	// a trusted proxy, and the forwarded host and scheme are what the
+	// development-mode origin check compares with. If empty, none: the
+	// headers are ignored and the peer is the client.
+	TrustedProxies []string
+	// MaxConns bounds the sockets the event loop holds (open WebSockets,
+	// connections in their handshake, closing ones): an upgrade past it
+	// gets 503 with Retry-After. If zero, RLIMIT_NOFILE's soft limit less
+	// max(256, 5%) of it (half of it when that leaves less), divided by 3
+	// with TLS (three descriptors per connection), so that health checks,
+	// /metrics, the admin port and net/http keep their descriptors at the
+	// limit; no limit when RLIMIT_NOFILE is unlimited.
+	// Negative: no limit. Whatever its value, a socket accepted with
+	// RLIMIT_NOFILE less half that reserve already held is answered 503
+	// and closed at once.
+	MaxConns int
+	// MaxConnsPerIP bounds the open WebSockets of one client address (an
+	// IPv6 client's /64; see TrustedProxies): an upgrade past it gets 429
+	// with Retry-After. Loopback clients are not limited (a proxy on this
+	// host, a benchmark): behind a proxy, set TrustedProxies so that the
+	// limit applies to the real clients. If zero, 1000 (generous: a NAT
+	// may hide an office); negative: no limit.
+	MaxConnsPerIP int
+	// MaxMemory is the memory (as the Go runtime holds it from the OS:
+	// heap, stacks, metadata; sampled every 100 ms at most) above which
+	// new upgrades get 503 with Retry-After while open connections are
+	// served; above 90% of it history's byte budget is halved (at most once
+	// a second; restored below 80%). If zero, 80% of the cgroup's memory
+	// limit, or of physical memory without one; negative: no limit.
+	MaxMemory int64
 
 	// DrainDelay is how long Shutdown keeps the listener open before it
 	// closes WebSockets: /readyz answers 503 and new upgrades are refused
@@ -146,6 +205,58 @@ type Config struct {
 	// API on a private network. Ignored without AdminAddr. Default false.
 	AdminAPI bool
 
+	// ---- Authentication and per-user limits (authn.go, docs/PROTOCOL.md
+	// "Authentication").
+	//
+	// TokenSecret, TokenPublicKeyFile and TokenJWKSFile are the keys that
+	// verify clients' JWTs (engine/auth): an HS256 shared secret, a PEM
+	// file of RS256/ES256 public keys, a JWKS file whose keys a token picks
+	// by kid. With any of them set, a connection needs a valid token (in
+	// Authorization: Bearer, the token query parameter, or a connect
+	// command) unless AllowAnonymous. If all are empty (the default), no
+	// token is checked: every connection is anonymous and every channel
+	// open.
+	TokenSecret        string
+	TokenPublicKeyFile string
+	TokenJWKSFile      string
+	// AllowAnonymous lets connections without a token in when token keys
+	// are configured; they may subscribe to (and read history and presence
+	// of) AnonymousChannels and publish to AnonymousPublish, glob patterns
+	// as in a token's claims. Default false; the globs default to none.
+	// Ignored without token keys (everyone is anonymous then, and every
+	// channel open).
+	AllowAnonymous    bool
+	AnonymousChannels []string
+	AnonymousPublish  []string
+	// PublishBytesPerSecond bounds the publish data one user sends, on
+	// average: a token bucket shared by all of a user's connections on this
+	// node (per connection for anonymous ones); PublishBurstBytes is how
+	// much may be sent at once. A publish over it gets the error
+	// rate_limited. If zero, 1 MiB per second; negative: no limit.
+	// PublishBurstBytes: if zero, 4 x PublishBytesPerSecond; never less
+	// than MaxMessageBytes, so that any publish the server accepts can pass
+	// a full bucket.
+	PublishBytesPerSecond int
+	PublishBurstBytes     int
+	// TokenURL is where the embedded web app fetches a token when the
+	// server requires one (GET, same origin, cookies included; it answers
+	// {"token":"<jwt>"}); the app learns it from GET /auth.json. If empty,
+	// /api/dev-token with DevTokens, else none (the app then connects
+	// anonymously).
+	TokenURL string
+	// DevTokens serves GET /api/dev-token?name=N, which mints an HS256
+	// token for anyone who asks (sub and name N, DevTokenChannels and
+	// DevTokenPublish, DevTokenTTL): for development only, never in
+	// production. Without TokenSecret a random secret is made at start.
+	// Default false.
+	DevTokens bool
+	// DevTokenChannels and DevTokenPublish are the globs of dev tokens. If
+	// empty, "*" (every channel).
+	DevTokenChannels []string
+	DevTokenPublish  []string
+	// DevTokenTTL is the lifetime of dev tokens. If zero, 10 minutes.
+	DevTokenTTL time.Duration
+
 	// Logger receives the server's logs. If nil, slog.Default().
 	Logger *slog.Logger
 }
@@ -205,6 +316,22 @@ func (c Config) withDefaults() Config {
 	}
 	if c.HistorySize <= 0 {
 		c.HistorySize = 100
+	}
+	if c.PublishBytesPerSecond == 0 {
+		c.PublishBytesPerSecond = 1 << 20
+	}
+	if c.PublishBurstBytes <= 0 {
+		c.PublishBurstBytes = 4 * max(c.PublishBytesPerSecond, 0)
+	}
+	c.PublishBurstBytes = max(c.PublishBurstBytes, c.MaxMessageBytes)
+	if c.DevTokenTTL <= 0 {
+		c.DevTokenTTL = 10 * time.Minute
+	}
+	if len(c.DevTokenChannels) == 0 {
+		c.DevTokenChannels = []string{"*"}
+	}
+	if len(c.DevTokenPublish) == 0 {
+		c.DevTokenPublish = []string{"*"}
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

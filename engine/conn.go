@@ -143,6 +143,27 @@ type Conn struct {
 	// cmdStrikes counts rate-limited commands, less one per accepted
 	// command; at rateLimitStrikes the connection is closed 1008.
 	cmdStrikes uint16
+
+	// ipEntry is the client address's count this connection holds against
+	// MaxConnsPerIP (admission.go), nil when none; set by the upgrade,
+	// released by connClosed.
+	ipEntry *ipEntry
+
+	// ---- Authentication (authn.go). 24 bytes; nothing allocated without
+	// token keys.
+
+	// authn is who the connection is and what it may do: nil when no token
+	// keys are configured (every channel open). Set by the reader (upgrade,
+	// connect, refresh), read by the sweeper (token expiry) and the API
+	// (disconnect).
+	authn atomic.Pointer[connAuth]
+	// connectBy is the server clock by which a connection that upgraded
+	// without a token must have sent connect; 0 once it has, or when it
+	// never had to.
+	connectBy atomic.Int64
+	// pubTAT is an anonymous connection's publish byte bucket (GCRA, as
+	// cmdTAT; see allowPublish). Reader.
+	pubTAT int64
 }
 
 // Info implements hub.Subscriber.
@@ -554,6 +575,6 @@ func (c *Conn) onClosed() {
 				head = append(head, more...)
 			}
 		}
-		c.srv.handoffHTTP(c.fd, head)
+		c.srv.handoffHTTP(c.fd, head, c.nc.RemoteAddr())
 	}
 }

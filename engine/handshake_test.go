@@ -92,7 +92,9 @@ func TestAbsoluteFormTarget(t *testing.T) {
 		{"http", "http://example.test/ws", nil, 101},
 		{"ws with query", "ws://example.test/ws?x=1", nil, 101},
 		{"upper-case scheme", "HTTP://example.test/ws", nil, 101},
-		{"origin matches the target's host", "http://target.test/ws", []string{"Origin: http://target.test"}, 101},
+		// Development origin mode (origin_test.go): the request's host,
+		// on localhost only.
+		{"origin matches the target's host", "http://localhost:9200/ws", []string{"Origin: http://localhost:9200"}, 101},
 		{"origin matches only the Host header", "http://target.test/ws", []string{"Origin: http://example.test"}, 403},
 		{"other path", "http://example.test/wsx", nil, 0},
 		{"no path", "http://example.test", nil, 0},

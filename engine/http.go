@@ -11,8 +11,10 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/fanout-dev/fanout/codec"
+	"github.com/fanout-dev/fanout/engine/auth"
 	"github.com/fanout-dev/fanout/engine/hub"
 	"github.com/fanout-dev/fanout/web"
 	"github.com/prometheus/client_golang/prometheus"
@@ -57,6 +59,7 @@ func (s *Server) httpHandler() http.Handler {
 		// asks for an upgrade: upgrades happen on fresh connections.
 		http.Error(w, "WebSocket upgrades must use a new connection", http.StatusBadRequest)
 	})
+	s.routeAuth(mux)
 	mux.Handle("/", web.Handler())
 	return mux
 }
@@ -87,80 +90,284 @@ func (s *Server) routeAdmin(mux *http.ServeMux) {
 	}
 }
 
-// routeAPI adds the server-side API.
+// routeAPI adds the server-side API, for backends bearing the API key.
 func (s *Server) routeAPI(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/publish", s.apiPublish)
+	mux.HandleFunc("POST /api/disconnect", s.apiDisconnect)
 }
 
-// apiPublish implements POST /api/publish: {"channel":"c","data":<any>} with
-// the API key as a bearer token; answers {"offset":N,"epoch":"E"}.
-func (s *Server) apiPublish(w http.ResponseWriter, r *http.Request) {
+// routeAuth adds what browsers need from the public port to authenticate:
+// /auth.json, which tells the web app whether and where to get a token,
+// and with DevTokens the development token endpoint.
+func (s *Server) routeAuth(mux *http.ServeMux) {
+	mux.HandleFunc("GET /auth.json", s.authConfig)
+	if s.cfg.DevTokens {
+		mux.HandleFunc("GET /api/dev-token", s.devToken)
+	}
+}
+
+// API bounds.
+const (
+	// maxBatchPublications bounds the publications of one batch.
+	maxBatchPublications = 1000
+	// maxBatchBodyBytes bounds a batch's body (a single publish is bounded
+	// by MaxMessageBytes plus maxPublishBodyOverhead, whichever is larger).
+	maxBatchBodyBytes = 8 << 20
+)
+
+// apiAuthorized checks the API key (a bearer token). It answers 404 when
+// no key is configured (the API is off) and 401 for a wrong one.
+func (s *Server) apiAuthorized(w http.ResponseWriter, r *http.Request) bool {
 	if s.cfg.APIKey == "" {
 		http.NotFound(w, r)
-		return
+		return false
 	}
 	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok || subtle.ConstantTimeCompare([]byte(token), []byte(s.cfg.APIKey)) != 1 {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="fanout"`)
 		writeJSONError(w, http.StatusUnauthorized, "missing or wrong API key")
-		return
+		return false
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxMessageBytes)+maxPublishBodyOverhead))
+	return true
+}
+
+// readAPIBody reads a request body of at most limit bytes, answering the
+// error itself when it cannot.
+func readAPIBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
 			writeJSONError(w, http.StatusRequestEntityTooLarge, "body larger than "+strconv.FormatInt(tooBig.Limit, 10)+" bytes")
-			return
+			return nil, false
 		}
 		writeJSONError(w, http.StatusBadRequest, "reading body: "+err.Error())
+		return nil, false
+	}
+	return body, true
+}
+
+// apiPublication is one publication of POST /api/publish.
+type apiPublication struct {
+	Channel string          `json:"channel"`
+	Data    json.RawMessage `json:"data"`
+}
+
+// apiPublishResult is the answer for one publication: its position, or
+// the error and the HTTP status it would have had alone.
+type apiPublishResult struct {
+	Offset uint64 `json:"offset,omitempty"`
+	Epoch  string `json:"epoch,omitempty"`
+	Error  string `json:"error,omitempty"`
+	Status int    `json:"status,omitempty"`
+}
+
+// apiPublish implements POST /api/publish with the API key as a bearer
+// token: {"channel":"c","data":<any>} answers {"offset":N,"epoch":"E"};
+// the batch form {"publications":[{"channel","data"},...]} (at most
+// maxBatchPublications, published in order) answers 200 with
+// {"results":[...]}, one per publication in the same order: its
+// {"offset","epoch"}, or {"error","status"} for one that failed (the
+// others are published all the same).
+func (s *Server) apiPublish(w http.ResponseWriter, r *http.Request) {
+	if !s.apiAuthorized(w, r) {
+		return
+	}
+	body, ok := readAPIBody(w, r, max(int64(s.cfg.MaxMessageBytes)+maxPublishBodyOverhead, maxBatchBodyBytes))
+	if !ok {
 		return
 	}
 	var req struct {
-		Channel string          `json:"channel"`
-		Data    json.RawMessage `json:"data"`
+		apiPublication
+		Publications []apiPublication `json:"publications"`
 	}
 	if err := json.Unmarshal(body, &req); err != nil {
-		writeJSONError(w, http.StatusBadRequest, "body is not a JSON object {\"channel\",\"data\"}: "+err.Error())
-		return
-	}
-	switch {
-	case req.Channel == "":
-		writeJSONError(w, http.StatusBadRequest, "missing channel")
-		return
-	case !codec.ValidChannel([]byte(req.Channel)):
-		writeJSONError(w, http.StatusBadRequest, "invalid channel name: use 1-255 characters of A-Z a-z 0-9 _ - : . /")
-		return
-	case len(req.Data) == 0:
-		writeJSONError(w, http.StatusBadRequest, "missing data")
+		writeJSONError(w, http.StatusBadRequest, "body is not a JSON object {\"channel\",\"data\"} or {\"publications\":[...]}: "+err.Error())
 		return
 	}
 	// A backend may wait for a backlogged channel (unlike a WebSocket
-	// client, whose reader must not), but not for ever.
+	// client, whose reader must not), but not for ever: apiPublishWait
+	// for the whole request.
 	ctx, cancel := context.WithTimeout(r.Context(), apiPublishWait)
 	defer cancel()
-	pos, err := s.hub.Publish(ctx, req.Channel, req.Data, codec.JSON, codec.ClientInfo{})
-	if err != nil {
-		switch {
-		case errors.Is(err, hub.ErrBadData):
-			writeJSONError(w, http.StatusBadRequest, err.Error())
-			return
-		case errors.Is(err, hub.ErrTooLarge):
-			writeJSONError(w, http.StatusRequestEntityTooLarge, "data larger than the maximum message size in some encoding")
-			return
-		case errors.Is(err, context.DeadlineExceeded):
-			w.Header().Set("Retry-After", "1")
-			writeJSONError(w, http.StatusServiceUnavailable, "channel fan-out backlogged; retry later")
+	if req.Publications == nil {
+		if int64(len(body)) > int64(s.cfg.MaxMessageBytes)+maxPublishBodyOverhead {
+			writeJSONError(w, http.StatusRequestEntityTooLarge, "body larger than "+strconv.Itoa(s.cfg.MaxMessageBytes+maxPublishBodyOverhead)+" bytes")
 			return
 		}
-		s.log.Warn("api publish failed", "channel", req.Channel, "err", err)
-		writeJSONError(w, http.StatusInternalServerError, "publish failed")
+		res := s.apiPublishOne(ctx, &req.apiPublication)
+		if res.Error != "" {
+			if res.Status == http.StatusServiceUnavailable {
+				w.Header().Set("Retry-After", "1")
+			}
+			writeJSONError(w, res.Status, res.Error)
+			return
+		}
+		writeJSON(w, http.StatusOK, struct {
+			Offset uint64 `json:"offset"`
+			Epoch  string `json:"epoch"`
+		}{res.Offset, res.Epoch})
 		return
 	}
+	switch {
+	case req.Channel != "" || req.Data != nil:
+		writeJSONError(w, http.StatusBadRequest, "give either channel and data, or publications")
+		return
+	case len(req.Publications) == 0:
+		writeJSONError(w, http.StatusBadRequest, "publications is empty")
+		return
+	case len(req.Publications) > maxBatchPublications:
+		writeJSONError(w, http.StatusRequestEntityTooLarge, "at most "+strconv.Itoa(maxBatchPublications)+" publications per request")
+		return
+	}
+	results := make([]apiPublishResult, len(req.Publications))
+	for i := range req.Publications {
+		results[i] = s.apiPublishOne(ctx, &req.Publications[i])
+	}
+	writeJSON(w, http.StatusOK, struct {
+		Results []apiPublishResult `json:"results"`
+	}{results})
+}
+
+// apiPublishOne validates and publishes one publication of the API.
+func (s *Server) apiPublishOne(ctx context.Context, p *apiPublication) apiPublishResult {
+	fail := func(status int, msg string) apiPublishResult { return apiPublishResult{Error: msg, Status: status} }
+	switch {
+	case p.Channel == "":
+		return fail(http.StatusBadRequest, "missing channel")
+	case !codec.ValidChannel([]byte(p.Channel)):
+		return fail(http.StatusBadRequest, "invalid channel name: use 1-255 characters of A-Z a-z 0-9 _ - : . /")
+	case len(p.Data) == 0:
+		return fail(http.StatusBadRequest, "missing data")
+	case len(p.Data) > s.cfg.MaxMessageBytes:
+		return fail(http.StatusRequestEntityTooLarge, "data larger than "+strconv.Itoa(s.cfg.MaxMessageBytes)+" bytes")
+	}
+	pos, err := s.hub.Publish(ctx, p.Channel, p.Data, codec.JSON, codec.ClientInfo{})
+	switch {
+	case err == nil:
+		return apiPublishResult{Offset: pos.Offset, Epoch: pos.Epoch}
+	case errors.Is(err, hub.ErrBadData):
+		return fail(http.StatusBadRequest, err.Error())
+	case errors.Is(err, hub.ErrTooLarge):
+		return fail(http.StatusRequestEntityTooLarge, "data larger than the maximum message size in some encoding")
+	case errors.Is(err, context.DeadlineExceeded):
+		return fail(http.StatusServiceUnavailable, "channel fan-out backlogged; retry later")
+	}
+	s.log.Warn("api publish failed", "channel", p.Channel, "err", err)
+	return fail(http.StatusInternalServerError, "publish failed")
+}
+
+// apiDisconnect implements POST /api/disconnect with the API key:
+// {"user":"alice","code":4000-4999 or 1008,"reason":"..."} closes every
+// connection of the user on this node with that close code (1008 and
+// "disconnected by the server" when code and reason are absent) and
+// answers {"disconnected":N}. The user's tokens stay valid until they
+// expire: a backend revoking access also stops issuing them.
+func (s *Server) apiDisconnect(w http.ResponseWriter, r *http.Request) {
+	if !s.apiAuthorized(w, r) {
+		return
+	}
+	body, ok := readAPIBody(w, r, 4<<10)
+	if !ok {
+		return
+	}
+	var req struct {
+		User   string `json:"user"`
+		Code   int    `json:"code"`
+		Reason string `json:"reason"`
+	}
+	if err := json.Unmarshal(body, &req); err != nil {
+		writeJSONError(w, http.StatusBadRequest, "body is not a JSON object {\"user\",\"code\",\"reason\"}: "+err.Error())
+		return
+	}
+	reason := errDisconnected
+	if req.Code != 0 || req.Reason != "" {
+		reason = &CloseError{Code: ClosePolicy, Reason: errDisconnected.Reason}
+		if req.Code != 0 {
+			reason.Code = uint16(req.Code)
+		}
+		if req.Reason != "" {
+			reason.Reason = req.Reason
+		}
+	}
+	switch {
+	case req.User == "":
+		writeJSONError(w, http.StatusBadRequest, "missing user")
+		return
+	case req.Code != 0 && req.Code != int(ClosePolicy) && (req.Code < 4000 || req.Code > 4999):
+		writeJSONError(w, http.StatusBadRequest, "code must be 1008 or 4000-4999")
+		return
+	case len(reason.Reason) > 123 || !utf8.ValidString(reason.Reason):
+		writeJSONError(w, http.StatusBadRequest, "reason must be at most 123 bytes of UTF-8")
+		return
+	}
+	n := s.disconnectUser(req.User, reason)
+	s.log.Info("api disconnect", "user", req.User, "code", reason.Code, "connections", n)
+	writeJSON(w, http.StatusOK, struct {
+		Disconnected int `json:"disconnected"`
+	}{n})
+}
+
+// authConfig implements GET /auth.json, from which the web app learns
+// whether the server wants a token and where to get one:
+// {"auth":"none"|"required"|"optional","tokenURL":"...","dev":bool}.
+// "none": no token keys, connect as today; "required": a token is needed;
+// "optional": anonymous connections are allowed too. dev is set when
+// tokenURL is the development endpoint, which takes ?name=.
+func (s *Server) authConfig(w http.ResponseWriter, _ *http.Request) {
+	mode := "none"
+	switch {
+	case s.authn.required() && s.cfg.AllowAnonymous:
+		mode = "optional"
+	case s.authn.required():
+		mode = "required"
+	}
+	tokenURL, dev := s.cfg.TokenURL, false
+	if tokenURL == "" && s.cfg.DevTokens {
+		tokenURL, dev = "/api/dev-token", true
+	}
+	w.Header().Set("Cache-Control", "no-cache")
+	writeJSON(w, http.StatusOK, struct {
+		Auth     string `json:"auth"`
+		TokenURL string `json:"tokenURL,omitempty"`
+		Dev      bool   `json:"dev,omitempty"`
+	}{mode, tokenURL, dev})
+}
+
+// devToken implements GET /api/dev-token?name=N (DevTokens only, for
+// development): an HS256 token with sub and name N, the DevTokenChannels
+// and DevTokenPublish globs, valid for DevTokenTTL. Anyone who reaches it
+// can be anyone.
+func (s *Server) devToken(w http.ResponseWriter, r *http.Request) {
+	name := strings.TrimSpace(r.URL.Query().Get("name"))
+	if !validName([]byte(name)) {
+		writeJSONError(w, http.StatusBadRequest, "name must be 1-128 bytes of UTF-8 text without control characters")
+		return
+	}
+	tok, err := auth.Mint(s.authn.devSecret, auth.Claims{
+		Subject:  name,
+		Name:     name,
+		Channels: s.cfg.DevTokenChannels,
+		Publish:  s.cfg.DevTokenPublish,
+	}, s.cfg.DevTokenTTL)
+	if err != nil {
+		writeJSONError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, http.StatusOK, struct {
+		Token   string `json:"token"`
+		User    string `json:"user"`
+		Name    string `json:"name"`
+		Expires int64  `json:"expires"`
+	}{tok, name, name, time.Now().Add(s.cfg.DevTokenTTL).Unix()})
+}
+
+// writeJSON answers v as JSON with status.
+func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(struct {
-		Offset uint64 `json:"offset"`
-		Epoch  string `json:"epoch"`
-	}{pos.Offset, pos.Epoch})
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
 }
 
 func writeJSONError(w http.ResponseWriter, status int, msg string) {
@@ -198,7 +405,10 @@ func (s *Server) newMetricsHandler() http.Handler {
 	counter("write_timeouts_total", "Connections dropped because their socket took nothing for --write-timeout.", st.writeTimeouts.Load)
 	counter("slow_consumers_total", "Connections closed 1008 for a full write queue.", st.slowConsumers.Load)
 	counter("commands_rate_limited_total", "Commands refused rate_limited by the per-connection command rate.", st.rateLimited.Load)
+	counter("publish_bytes_limited_total", "Publishes refused rate_limited by --publish-bytes-per-second (per user, or per anonymous connection).", s.authn.publishLimited.Load)
+	counter("auth_refused_total", "Upgrades (401) and connect or refresh commands refused for a missing, bad or expired token.", s.authn.refused.Load)
 	gauge("connections", "Open WebSocket connections.", func() float64 { return float64(st.open.Load()) })
+	s.registerAdmissionMetrics(reg)
 	gauge("reassembly_bytes", "Bytes held for messages not fully arrived (fragments, large frames), against --max-reassembly-bytes.", func() float64 { return float64(s.reassembly.Load()) })
 	closes := prometheus.NewDesc("fanout_closes_sent_total", "Close frames sent, by code.", []string{"code"}, nil)
 	reg.MustRegister(collectorFunc{desc: closes, collect: func(ch chan<- prometheus.Metric) {

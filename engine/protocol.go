@@ -41,6 +41,10 @@ func (s *Server) handleCommand(c *Conn, op ws.OpCode, msg []byte) *CloseError {
 		s.replyError(c, &cmd, ce.Code, ce.Message)
 		return nil
 	}
+	if cmd.Op != codec.OpConnect && c.pending() {
+		s.replyError(c, &cmd, codec.CodeUnauthorized, `authenticate first: {"op":"connect","token":"<jwt>"}`)
+		return nil
+	}
 	switch cmd.Op {
 	case codec.OpPing:
 		s.replyOK(c, &cmd)
@@ -54,6 +58,10 @@ func (s *Server) handleCommand(c *Conn, op ws.OpCode, msg []byte) *CloseError {
 		s.presence(c, &cmd)
 	case codec.OpHistory:
 		s.history(c, &cmd)
+	case codec.OpConnect:
+		s.connect(c, &cmd)
+	case codec.OpRefresh:
+		s.refresh(c, &cmd)
 	default:
 		s.replyError(c, &cmd, codec.CodeUnknownOp, "unknown op")
 	}
@@ -102,11 +110,18 @@ func (s *Server) allowCommand(c *Conn) (bool, *CloseError) {
 }
 
 func (s *Server) subscribe(c *Conn, cmd *codec.Command) {
+	if a := c.authn.Load(); a != nil && !a.canSubscribe(cmd.Channel) {
+		s.replyError(c, cmd, codec.CodeForbidden, "not allowed to subscribe to "+string(cmd.Channel))
+		return
+	}
 	if limit := s.cfg.MaxSubscriptionsPerConn; limit > 0 && len(c.subs) >= limit && c.findSub(cmd.Channel) < 0 {
 		// too_large, not rate_limited: the connection's set of channels
 		// is too large, and waiting will not make room; unsubscribing
 		// will. (A duplicate goes on to the hub's "already subscribed".)
 		s.replyError(c, cmd, codec.CodeTooLarge, "subscription limit reached: at most "+strconv.Itoa(limit)+" channels per connection")
+		return
+	}
+	if !s.applyName(c, cmd) {
 		return
 	}
 	ch := string(cmd.Channel)
@@ -197,6 +212,15 @@ func (c *Conn) removeSub(i int) {
 // TryPublish never waits for a backlogged channel, whose publishers are
 // answered rate_limited instead (replyHubError).
 func (s *Server) publish(c *Conn, cmd *codec.Command) {
+	if a := c.authn.Load(); a != nil && !a.canPublish(cmd.Channel) {
+		s.replyError(c, cmd, codec.CodeForbidden, "not allowed to publish to "+string(cmd.Channel))
+		return
+	}
+	if !s.allowPublish(c, len(cmd.Data)) {
+		s.authn.publishLimited.Add(1)
+		s.replyError(c, cmd, codec.CodeRateLimited, "publishing too many bytes per second, slow down")
+		return
+	}
 	pos, err := s.hub.TryPublish(context.Background(), string(cmd.Channel), cmd.Data, c.enc, c.info)
 	if err != nil {
 		s.replyHubError(c, cmd, err)
@@ -210,6 +234,10 @@ func (s *Server) publish(c *Conn, cmd *codec.Command) {
 }
 
 func (s *Server) presence(c *Conn, cmd *codec.Command) {
+	if a := c.authn.Load(); a != nil && !a.canSubscribe(cmd.Channel) {
+		s.replyError(c, cmd, codec.CodeForbidden, "not allowed to read the presence of "+string(cmd.Channel))
+		return
+	}
 	clients, err := s.hub.Presence(string(cmd.Channel))
 	if err != nil {
 		s.replyHubError(c, cmd, err)
@@ -223,6 +251,10 @@ func (s *Server) presence(c *Conn, cmd *codec.Command) {
 }
 
 func (s *Server) history(c *Conn, cmd *codec.Command) {
+	if a := c.authn.Load(); a != nil && !a.canSubscribe(cmd.Channel) {
+		s.replyError(c, cmd, codec.CodeForbidden, "not allowed to read the history of "+string(cmd.Channel))
+		return
+	}
 	res, err := s.hub.HistoryFor(string(cmd.Channel), cmd.Limit, c.enc)
 	if err != nil {
 		s.replyHubError(c, cmd, err)

@@ -7,7 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -360,19 +360,36 @@ func TestAPIPublish(t *testing.T) {
 
 // TestStalledReaderAmongThousand: one subscriber stops reading; it is closed
 // 1008 and the 999 others get every publication in order.
+//
+// It asserts that behaviour and nothing about timing, so that it passes on a
+// busy 2-core machine (where the old version failed: a healthy reader was
+// closed 1001 "idle timeout"):
+//   - Healthy readers only read. The idle timeout is longer than any run.
+//     The server's half-way ping waits behind a reader's backlog, so a
+//     reader that the machine schedules slowly used to answer it too late.
+//     Whether the ping happens is a matter for the idle tests.
+//   - The publisher stays at most stalledWindow publications ahead of the
+//     slowest healthy reader (flow control done by the test). It no longer
+//     assumes that 999 reader goroutines keep up with publish acks. A healthy
+//     reader's server-side backlog therefore stays several times below
+//     WriteQueueBytes however slowly it runs. The stalled reader's backlog is
+//     more than twice that bound, so it alone is closed 1008, on any machine.
+//   - Every wait has a deadline (stalledHang), and the deadline only catches a hang.
 func TestStalledReaderAmongThousand(t *testing.T) {
 	if testing.Short() {
 		t.Skip("short")
 	}
 	const (
 		subscribers = 1000
-		pubs        = 600
+		pubs        = 400
+		queueBytes  = 128 << 10
 	)
 	// Small kernel buffers so that the backlog builds in the server's queue
-	// rather than in loopback's multi-megabyte socket buffers; a long write
-	// timeout so that the stalled reader, when it finally reads, finds the
-	// close frame rather than a dropped socket.
-	s := startServer(t, Config{WriteQueueBytes: 256 << 10, SendBufferBytes: 8 << 10, WriteTimeout: 5 * time.Minute})
+	// rather than in loopback's multi-megabyte socket buffers; a write
+	// timeout longer than the run so that the stalled reader, when it
+	// finally reads, finds the close frame rather than a dropped socket.
+	s := startServer(t, Config{WriteQueueBytes: queueBytes, SendBufferBytes: 8 << 10,
+		WriteTimeout: time.Hour, IdleTimeout: time.Hour})
 	// The stalled reader: a raw socket with a tiny receive buffer that the
 	// test never reads after subscribing.
 	stalled := dialRaw(t, s)
@@ -384,64 +401,114 @@ func TestStalledReaderAmongThousand(t *testing.T) {
 	stalled.write(frame(true, ws.OpText, []byte(`{"op":"subscribe","id":1,"channel":"firehose"}`)))
 	stalled.readFrame()
 
+	payload := strings.Repeat("x", 1000)
+	// A pub push is under 1.2 KB in either encoding: the stalled reader's
+	// backlog (pubs of them, less a few tens of KB in kernel buffers) is
+	// over twice queueBytes. A healthy reader's is at most stalledWindow of them.
+	if stalledWindow*1200 > queueBytes/3 || pubs*1000-(64<<10) < 2*queueBytes {
+		t.Fatal("test constants: the healthy readers' window must stay far below the queue bound, the stalled backlog far above")
+	}
+
 	type result struct {
 		n   int
 		err error
 	}
 	results := make(chan result, subscribers)
-	var ready sync.WaitGroup
-	payload := strings.Repeat("x", 1000)
+	// received[k] counts the healthy readers that have received offset k+1.
+	received := make([]atomic.Int32, pubs)
 	for i := 0; i < subscribers-1; i++ {
 		c := dialClient(t, s, i%2 == 1)
 		c.mustOK(map[string]any{"op": "subscribe", "channel": "firehose"})
-		ready.Add(1)
 		go func() {
-			ready.Done()
-			next := 1.0
+			var m struct {
+				Push   string `json:"push" msgpack:"push"`
+				Offset uint64 `json:"offset" msgpack:"offset"`
+			}
+			next := uint64(1)
 			for next <= pubs {
-				_ = c.c.SetReadDeadline(time.Now().Add(90 * time.Second))
+				_ = c.c.SetReadDeadline(time.Now().Add(stalledHang))
 				_, b, err := c.c.ReadMessage()
 				if err != nil {
 					results <- result{int(next), err}
 					return
 				}
-				var m map[string]any
+				m.Push, m.Offset = "", 0
 				if c.msgpack {
-					var raw any
-					_ = msgpack.Unmarshal(b, &raw)
-					m = normalise(raw).(map[string]any)
+					err = msgpack.Unmarshal(b, &m)
 				} else {
-					_ = json.Unmarshal(b, &m)
+					err = json.Unmarshal(b, &m)
 				}
-				if m["push"] != "pub" {
-					continue
-				}
-				if m["offset"] != next {
-					results <- result{int(next), fmt.Errorf("offset %v, want %v", m["offset"], next)}
+				if err != nil {
+					results <- result{int(next), fmt.Errorf("%q: %v", b, err)}
 					return
 				}
+				if m.Push != "pub" {
+					continue
+				}
+				if m.Offset != next {
+					results <- result{int(next), fmt.Errorf("offset %d, want %d", m.Offset, next)}
+					return
+				}
+				received[next-1].Add(1)
 				next++
 			}
 			results <- result{int(next), nil}
 		}()
 	}
-	ready.Wait()
 	pub := dialClient(t, s, false)
-	// Each publish waits for its ack, so the healthy readers (999 goroutines
-	// on a small machine) keep up; only the stalled one falls behind.
-	for i := 0; i < pubs; i++ {
+	healthy := int32(subscribers - 1)
+	finished := 0
+	// waitHealthy waits until every healthy reader has received offset k,
+	// failing at once when one of them stopped.
+	waitHealthy := func(k int) {
+		t.Helper()
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		deadline := time.Now().Add(stalledHang)
+		for received[k-1].Load() < healthy {
+			select {
+			case r := <-results:
+				if r.err != nil {
+					t.Fatalf("healthy subscriber stopped at offset %d: %v", r.n, r.err)
+				}
+				finished++
+			case <-tick.C:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("after %v, %d of %d healthy readers had offset %d (hung)", stalledHang, received[k-1].Load(), healthy, k)
+			}
+		}
+	}
+	for i := 1; i <= pubs; i++ {
+		if i > stalledWindow {
+			waitHealthy(i - stalledWindow)
+		}
 		pub.mustOK(map[string]any{"op": "publish", "channel": "firehose", "data": payload})
 	}
-	for i := 0; i < subscribers-1; i++ {
-		if r := <-results; r.err != nil {
-			t.Fatalf("subscriber stopped at %d: %v", r.n, r.err)
+	waitHealthy(pubs)
+	for ; finished < subscribers-1; finished++ {
+		select {
+		case r := <-results:
+			if r.err != nil {
+				t.Fatalf("healthy subscriber stopped at offset %d: %v", r.n, r.err)
+			}
+		case <-time.After(stalledHang):
+			t.Fatalf("after %v, %d of %d healthy readers finished (hung)", stalledHang, finished, healthy)
 		}
 	}
 	// Now drain the stalled reader: after its backlog it finds close 1008.
 	t.Logf("slow consumers so far: %d", s.stats.slowConsumers.Load())
-	_ = stalled.nc.SetReadDeadline(time.Now().Add(90 * time.Second))
+	_ = stalled.nc.SetReadDeadline(time.Now().Add(stalledHang))
 	stalled.expectClose(1008)
 	if n := s.stats.slowConsumers.Load(); n != 1 {
 		t.Fatalf("slow consumers closed: %d, want 1", n)
 	}
 }
+
+const (
+	// stalledWindow is how many publications TestStalledReaderAmongThousand's
+	// publisher stays ahead of its slowest healthy reader.
+	stalledWindow = 32
+	// stalledHang bounds each of its waits: it only detects a hang.
+	stalledHang = 3 * time.Minute
+)

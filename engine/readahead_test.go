@@ -38,7 +38,7 @@ func (b *gatedBroker) Publish(ctx context.Context, ch string, pub *codec.Publica
 // once the commands proceed, every byte is read and the connection works.
 func TestReadAheadBounded(t *testing.T) {
 	gb := &gatedBroker{Broker: hub.NewMemoryBroker(hub.MemoryBrokerConfig{}), gate: make(chan struct{})}
-	s := startServer(t, Config{Broker: gb, ReadAheadBytes: 32 << 10, IdleTimeout: time.Minute, CommandRate: -1})
+	s := startServer(t, Config{Broker: gb, ReadAheadBytes: 32 << 10, IdleTimeout: time.Minute, CommandRate: -1, PublishBytesPerSecond: -1})
 	c := dialRaw(t, s)
 	c.upgrade()
 	c.readFrame() // connected

@@ -30,11 +30,12 @@ import (
 // netpoll event loop. Requests for /ws are upgraded inside the loop; every
 // other request is handed to net/http.
 type Server struct {
-	cfg            Config
-	log            *slog.Logger
-	hub            *hub.Hub
-	allowAnyOrigin bool
-	allowedOrigins [][]byte
+	cfg Config
+	log *slog.Logger
+	hub *hub.Hub
+	adm admission // admission.go: origin, limits, memory
+	// authn is authentication (authn.go): token keys, per-user limits.
+	authn *authenticator
 
 	evl      netpoll.EventLoop
 	ln       netpoll.Listener
@@ -44,6 +45,9 @@ type Server struct {
 	httpLn   *handoffListener
 	adminSrv *http.Server
 	adminLn  net.Listener
+	// tls terminates TLS in front of the event loop when the public port
+	// speaks TLS (tls.go); nil otherwise.
+	tls      *tlsFront
 	registry registry
 	stats    stats
 	metrics  http.Handler
@@ -135,7 +139,10 @@ const trimAfter = time.Second
 type slogWriter struct{ log *slog.Logger }
 
 func (w slogWriter) Write(p []byte) (int, error) {
-	w.log.Debug(strings.TrimSpace(string(p)), "component", "netpoll")
+	line := strings.TrimSpace(string(p))
+	if !logFDExhaustion(w.log, line) { // admission.go: out of descriptors is a warning
+		w.log.Debug(line, "component", "netpoll")
+	}
 	return len(p), nil
 }
 
@@ -148,14 +155,14 @@ func New(cfg Config) (*Server, error) {
 		log:    cfg.Logger,
 		closed: make(chan struct{}),
 	}
-	for _, o := range cfg.AllowedOrigins {
-		o = strings.TrimSpace(o)
-		if o == "*" {
-			s.allowAnyOrigin = true
-		} else if o != "" {
-			s.allowedOrigins = append(s.allowedOrigins, []byte(strings.TrimSuffix(o, "/")))
-		}
+	if err := s.initAdmission(); err != nil {
+		return nil, err
 	}
+	authn, err := newAuthenticator(s)
+	if err != nil {
+		return nil, err
+	}
+	s.authn = authn
 	s.clock.Store(time.Now().UnixNano())
 	s.registry.init()
 	s.wheel = newTimingWheel(s.sweepInterval(),
@@ -221,7 +228,17 @@ func (s *Server) Start() error {
 		wp.close(false)
 		return fmt.Errorf("engine: listen: %w", err)
 	}
-	ln, err := netpoll.ConvertListener(stdln)
+	var ln netpoll.Listener
+	if s.cfg.TLSCertFile != "" || s.cfg.TLSKeyFile != "" {
+		// The public port speaks TLS only: the front terminates it and
+		// hands the event loop plaintext sockets (tls.go).
+		var front *tlsFront
+		if front, err = s.newTLSFront(stdln); err == nil {
+			s.tls, ln = front, front.pipes
+		}
+	} else {
+		ln, err = netpoll.ConvertListener(stdln)
+	}
 	if err != nil {
 		stdln.Close()
 		wp.close(false)
@@ -273,7 +290,10 @@ func (s *Server) Start() error {
 		}
 	})
 	s.goFunc(s.sweep)
-	s.log.Info("listening", "addr", ln.Addr().String(), "echo", s.cfg.Echo)
+	if s.tls != nil {
+		s.goFunc(s.tls.acceptLoop)
+	}
+	s.log.Info("listening", "addr", ln.Addr().String(), "tls", s.tls != nil, "echo", s.cfg.Echo)
 	return nil
 }
 
@@ -311,6 +331,9 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 		_ = nc.Close()
 		return context.Background()
 	}
+	if !s.adm.accept(s, nc) { // near RLIMIT_NOFILE: answered 503 and closed
+		return context.Background()
+	}
 	c := &Conn{Context: context.Background(), srv: s, nc: nc}
 	if f, ok := nc.(interface{ Fd() int }); ok {
 		c.fd = f.Fd()
@@ -336,6 +359,7 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 func (s *Server) connClosed(c *Conn, prev uint32) {
 	s.registry.remove(c)
 	s.wheel.remove(c)
+	s.adm.release(c)
 	if prev == stateOpen || prev == stateClosing {
 		s.stats.open.Add(-1)
 		for _, ch := range c.subs {
@@ -489,6 +513,9 @@ func (s *Server) stop() {
 			_ = s.evl.Shutdown(ctx)
 			cancel()
 		}
+		if s.tls != nil {
+			s.tls.close()
+		}
 		close(s.closed)
 		if s.wpoll != nil {
 			s.wpoll.close(true)
@@ -621,7 +648,9 @@ func (s *Server) detachHTTP(c *Conn) {
 
 // handoffHTTP turns a detached socket into a net.Conn and gives it to
 // net/http. Called from onClosed, after netpoll removed fd from its poller.
-func (s *Server) handoffHTTP(fd int, head []byte) {
+// remote is the client's address (behind the TLS front, fd is a socketpair
+// whose own peer address names nothing).
+func (s *Server) handoffHTTP(fd int, head []byte, remote net.Addr) {
 	f := os.NewFile(uintptr(fd), "http")
 	nc, err := net.FileConn(f) // duplicates fd
 	_ = f.Close()
@@ -630,6 +659,9 @@ func (s *Server) handoffHTTP(fd int, head []byte) {
 		return
 	}
 	hc := &prefixConn{Conn: nc, head: head}
+	if s.tls != nil {
+		hc.remote = remote
+	}
 	select {
 	case s.httpLn.conns <- hc:
 		s.stats.httpConns.Add(1)
@@ -642,7 +674,15 @@ func (s *Server) handoffHTTP(fd int, head []byte) {
 // connection's own.
 type prefixConn struct {
 	net.Conn
-	head []byte
+	head   []byte
+	remote net.Addr // the TLS client's address, nil for a plain socket
+}
+
+func (p *prefixConn) RemoteAddr() net.Addr {
+	if p.remote != nil {
+		return p.remote
+	}
+	return p.Conn.RemoteAddr()
 }
 
 func (p *prefixConn) Read(b []byte) (int, error) {

@@ -100,7 +100,7 @@ func TestCoderMsgpack(t *testing.T) {
 }
 
 func TestHandshakeRejections(t *testing.T) {
-	s := startServer(t, Config{AllowedOrigins: []string{"https://allowed.test"}})
+	s := startServer(t, Config{AllowedOrigins: []string{"https://allowed.test", "http://example.test"}})
 	tests := []struct {
 		name    string
 		request string

@@ -197,6 +197,10 @@ func TestStress(t *testing.T) {
 	echoCfg.Echo = true
 	pubCfg := common
 	pubCfg.APIKey = "stress"
+	// The stress is on the write and close paths; the per-connection
+	// command and publish rates have tests of their own.
+	pubCfg.CommandRate = -1
+	pubCfg.PublishBytesPerSecond = -1
 	echoS, echoLogs := wpStartServer(t, echoCfg)
 	pubS, pubLogs := wpStartServer(t, pubCfg)
 	servers := []*stressServer{

@@ -166,7 +166,9 @@ func (s *Server) checkConnSafe(c *Conn) {
 // message started more than FrameTimeout ago (1002); trims the input of busy
 // connections gone quiet; drops sockets that accepted no byte for
 // WriteTimeout, that never completed a handshake, or whose peer did not
-// answer the close within CloseTimeout.
+// answer the close within CloseTimeout. checkAuth closes 1008 those that
+// did not authenticate in time or whose token expired, and sends the
+// refresh push before that.
 func (s *Server) checkConn(c *Conn) {
 	s.stats.sweepChecks.Add(1)
 	now := s.clock.Load()
@@ -205,6 +207,8 @@ func (s *Server) checkConn(c *Conn) {
 			c.Send(pingFrame())
 			due(lastActive + idle)
 		}
+		// The connect deadline and the token's expiry (authn.go).
+		s.checkAuth(c, due)
 	case stateClosing, stateRejected:
 		closing := c.closingSince.Load()
 		switch {

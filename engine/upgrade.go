@@ -163,7 +163,8 @@ func (h *handshakeIO) Write(p []byte) (int, error) {
 // into gobwas/ws's read buffer and are valid until the upgrade returns.
 type upgradeState struct {
 	s    *Server
-	c    *Conn // the connection being upgraded
+	c    *Conn  // the connection being upgraded
+	head []byte // the whole request head (admission reads Sec-WebSocket-Key)
 	host []byte
 	// uri is the request target (path and query), for the token query
 	// parameter.
@@ -187,11 +188,6 @@ type upgradeState struct {
 var errBadSubprotocol = ws.RejectConnectionError(
 	ws.RejectionStatus(400),
 	ws.RejectionReason("unsupported subprotocol: supported are "+codec.SubprotocolJSON+", "+codec.SubprotocolMsgpack),
-)
-
-var errOriginForbidden = ws.RejectConnectionError(
-	ws.RejectionStatus(403),
-	ws.RejectionReason("origin not allowed"),
 )
 
 var headerOrigin = []byte("Origin")
@@ -308,7 +304,9 @@ func (s *Server) upgrade(c *Conn, head []byte) bool {
 	}
 	s.stats.upgrades.Add(1)
 	s.stats.open.Add(1)
-	if s.cfg.Echo {
+	if s.cfg.Echo || c.pending() {
+		// A pending connection (authn.go) gets its connected push after
+		// its connect command.
 		c.Send(resp)
 		s.closeIfDraining(c)
 		return true
@@ -349,7 +347,7 @@ var upgraderPool = sync.Pool{New: func() any {
 // appends the response (101 or the rejection) to out.B.
 func (s *Server) negotiate(c *Conn, head []byte, out *wsframe.Frame) (ws.Handshake, error) {
 	up := upgraderPool.Get().(*upgrader)
-	up.st = upgradeState{s: s, c: c}
+	up.st = upgradeState{s: s, c: c, head: head}
 	up.hsio = handshakeIO{head: head, out: out}
 	hs, err := up.u.Upgrade(&up.hsio)
 	up.st = upgradeState{}
@@ -364,23 +362,4 @@ func (c *Conn) dataOpCode() ws.OpCode {
 		return ws.OpBinary
 	}
 	return ws.OpText
-}
-
-// originAllowed implements the cross-site WebSocket hijacking check: a
-// browser's Origin must be the server's own host or on the allow-list.
-func (s *Server) originAllowed(origin, host []byte) bool {
-	if s.allowAnyOrigin {
-		return true
-	}
-	for _, o := range s.allowedOrigins {
-		if bytes.EqualFold(origin, o) {
-			return true
-		}
-	}
-	// Origin is scheme "://" host [":" port], no path (RFC 6454).
-	i := bytes.Index(origin, []byte("://"))
-	if i < 0 {
-		return false
-	}
-	return len(host) > 0 && bytes.EqualFold(origin[i+3:], host)
 }

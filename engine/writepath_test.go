@@ -1045,6 +1045,9 @@ func TestSharedFrameAfterFlushTimeout(t *testing.T) {
 		WriteQueueBytes: 4 << 20, // the stalled ones hit WriteTimeout, not the bound
 		WriteTimeout:    time.Second,
 		CloseTimeout:    500 * time.Millisecond,
+		// The publisher sends 300 commands as fast as they are answered.
+		CommandRate:           -1,
+		PublishBytesPerSecond: -1,
 	})
 	const (
 		fast    = 8

@@ -16,9 +16,12 @@
 #                 (median of $ECHO_ROUNDS interleaved rounds)
 set -euo pipefail
 # The flood's publishers send at full rate: lift fanout's per-connection
-# command rate limit (100/s by default), which is for untrusted clients. An
-# environment variable, so that older fanout binaries (PREBUILT) ignore it.
+# command rate limit (100/s by default) and publish byte rate (1 MiB/s per
+# user or anonymous connection), which are for untrusted clients.
+# Environment variables, so that older fanout binaries (PREBUILT) ignore
+# them.
 export FANOUT_COMMAND_RATE=-1
+export FANOUT_PUBLISH_BYTES_PER_SECOND=-1
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh

@@ -6,7 +6,9 @@
  *      connect, reconnect with full-jitter exponential backoff (or the server's
  *      retry_after_ms on close 1012), command/reply matching by id, keepalive
  *      pings, subscriptions that recover gap-free after a reconnect and never
- *      deliver an offset twice.
+ *      deliver an offset twice, and authentication: a token (from getToken)
+ *      sent with the connect op, never in the URL, and refreshed when the
+ *      server pushes refresh.
  *   2. The chat UI, which only talks to FanoutClient.
  *
  * All user-provided text is rendered with textContent / createTextNode.
@@ -56,9 +58,21 @@
   /**
    * FanoutClient is a small, UI-free client for the fanout JSON protocol.
    *
+   * Options for authentication (PROTOCOL.md "Authentication"):
+   *   getToken     async () => token string, or null for an anonymous connect;
+   *                when set, every connection starts with the connect op
+   *                (the server keeps a browser without a token waiting for it)
+   *                and a refresh push is answered with a fresh token.
+   *   name         () => display name sent (unverified) by an anonymous
+   *                connection with connect and subscribe.
+   *
+   * A close with a code of 4000-4999 (the server's backend disconnected this
+   * user) stops reconnecting; connect() starts again.
+   *
    * Events (client.on(type, fn)):
    *   state        {state: 'connecting'|'online'|'offline', retryAt, lastClose, attempt}
-   *   connected    {client, user}                 the server's connected push
+   *   connected    {client, user, name}           the server's connected push
+   *   refreshed    {ok, error}                    a token refresh was answered
    *   disconnected {code, reason, wasClean}
    *   subscribed   {channel, epoch, offset, initial, recovering, recovered, epochChanged, reply}
    *   subscribe_error {channel, error, initial}
@@ -79,11 +93,15 @@
       this.connectTimeout = opts.connectTimeout ?? 10000;
       this.WebSocketImpl = opts.WebSocket || global.WebSocket;
       this.random = opts.random || Math.random;
+      this.getToken = opts.getToken || null;
+      this.name = opts.name || null;
 
       this.state = 'offline';
       this.ws = null;
       this.clientId = '';
       this.user = '';
+      this.userName = ''; // the server's name for this connection (the token's, when it has one)
+      this.refreshes = 0; // tokens refreshed on this client
       this.attempt = 0; // consecutive failed attempts; reset on a successful connect
       this.retryAt = 0; // epoch ms of the scheduled reconnect, 0 if none
       this.lastClose = null;
@@ -96,6 +114,8 @@
       this._reconnectTimer = null;
       this._connectTimer = null;
       this._pingTimer = null;
+      this._opening = 0; // generation of the token fetch in flight, 0 if none
+      this._openGen = 0;
     }
 
     on(type, fn) {
@@ -129,14 +149,14 @@
     /** connect opens the connection (if not open) and keeps it open until close(). */
     connect() {
       this._wantOpen = true;
-      if (this.ws || this._reconnectTimer) return;
+      if (this.ws || this._reconnectTimer || this._opening) return;
       this._open();
     }
 
     /** reconnectNow skips a pending backoff wait. */
     reconnectNow() {
       this._wantOpen = true;
-      if (this.ws) return;
+      if (this.ws || this._opening) return;
       clearTimeout(this._reconnectTimer);
       this._reconnectTimer = null;
       this._open();
@@ -147,6 +167,7 @@
       this._wantOpen = false;
       clearTimeout(this._reconnectTimer);
       this._reconnectTimer = null;
+      this._opening = 0; // a token fetch in flight is ignored when it lands
       if (this.ws) {
         this._drop(1000, 'client closed');
       } else {
@@ -158,6 +179,31 @@
     _open() {
       this.retryAt = 0;
       this._setState('connecting');
+      if (!this.getToken) {
+        this._openSocket(undefined);
+        return;
+      }
+      // The token first (a fresh one for every connection), then the socket.
+      const gen = ++this._openGen;
+      this._opening = gen;
+      Promise.resolve()
+        .then(() => this.getToken())
+        .then(
+          (token) => {
+            if (this._opening !== gen) return;
+            this._opening = 0;
+            if (this._wantOpen && !this.ws) this._openSocket(token == null ? null : String(token));
+          },
+          (err) => {
+            if (this._opening !== gen) return;
+            this._opening = 0;
+            this._closed({ code: 4001, reason: 'no token: ' + ((err && err.message) || err), wasClean: false });
+          }
+        );
+    }
+
+    /** _openSocket opens the WebSocket; token is undefined without getToken, else the token or null (anonymous). */
+    _openSocket(token) {
       let ws;
       try {
         ws = new this.WebSocketImpl(this.url, this.protocol);
@@ -166,6 +212,23 @@
         return;
       }
       this.ws = ws;
+      this._connectId = 0;
+      if (token !== undefined) {
+        ws.onopen = () => {
+          if (this.ws !== ws) return;
+          // The connect op: the reply, then the connected push.
+          const fields = { op: 'connect', id: ++this._nextId };
+          if (token) fields.token = token;
+          const name = this.name && this.name();
+          if (!token && name) fields.name = name;
+          this._connectId = fields.id;
+          try {
+            ws.send(JSON.stringify(fields));
+          } catch (_) {
+            /* the close event follows */
+          }
+        };
+      }
       ws.onmessage = (ev) => {
         if (this.ws === ws) this._onMessage(ev);
       };
@@ -217,6 +280,14 @@
         this._setState('offline');
         return;
       }
+      if (ev.code >= 4000 && ev.code <= 4999 && ev.wasClean) {
+        // The server's backend disconnected this user: do not come back
+        // by ourselves (connect() or reconnectNow() does).
+        this._wantOpen = false;
+        this.retryAt = 0;
+        this._setState('offline');
+        return;
+      }
       let delay;
       const n = ev.code === 1012 ? retryAfterMs(ev.reason) : null;
       if (n !== null) {
@@ -247,6 +318,15 @@
     }
 
     _onReply(msg) {
+      if (this._connectId && msg.id === this._connectId) {
+        this._connectId = 0;
+        if (msg.error) {
+          // Refused (a bad token, or no anonymous access): start over with a
+          // new token after the usual backoff.
+          this._drop(4001, 'connect refused: ' + String(msg.error.code || 'error'));
+        }
+        return; // success: the connected push follows
+      }
       const p = this._pending.get(msg.id);
       if (!p) return; // timed out already
       this._pending.delete(msg.id);
@@ -266,12 +346,13 @@
           this._connectTimer = null;
           this.clientId = typeof msg.client === 'string' ? msg.client : '';
           this.user = typeof msg.user === 'string' ? msg.user : '';
+          this.userName = typeof msg.name === 'string' ? msg.name : '';
           this.attempt = 0;
           this.retryAt = 0;
           this._setState('online');
           clearInterval(this._pingTimer);
           this._pingTimer = setInterval(() => this._ping(), this.pingInterval);
-          this._emit('connected', { client: this.clientId, user: this.user });
+          this._emit('connected', { client: this.clientId, user: this.user, name: this.userName });
           for (const sub of this._subs.values()) this._subscribe(sub);
           break;
         }
@@ -282,6 +363,9 @@
           else this._deliver(sub, msg, msg.epoch, 'live');
           break;
         }
+        case 'refresh':
+          this._refresh();
+          break;
         case 'join':
         case 'leave':
           if (this._subs.has(msg.channel)) {
@@ -291,6 +375,25 @@
         default:
           this._emit('push', msg);
       }
+    }
+
+    /** _refresh answers the refresh push: a fresh token for the same user. */
+    _refresh() {
+      if (!this.getToken || !this.user) return;
+      const ws = this.ws;
+      Promise.resolve()
+        .then(() => this.getToken())
+        .then((token) => {
+          if (this.ws !== ws || !token) throw new FanoutError('closed', 'no token');
+          return this.command('refresh', { token: String(token) });
+        })
+        .then(
+          () => {
+            this.refreshes++;
+            this._emit('refreshed', { ok: true });
+          },
+          (err) => this._emit('refreshed', { ok: false, error: err })
+        );
     }
 
     _ping() {
@@ -416,6 +519,8 @@
       sub.buffer = [];
       const fields = { channel: sub.channel };
       if (sub.presence) fields.presence = true;
+      const name = !this.user && this.name && this.name();
+      if (name) fields.name = name;
       const recovering = sub.epoch !== null;
       if (recovering) fields.recover = { epoch: sub.epoch, offset: sub.offset };
 
@@ -562,6 +667,7 @@
       presence: $('presence'),
       presenceCount: $('presence-count'),
       errors: $('errors'),
+      identity: $('identity'),
     };
 
     const store = {
@@ -581,7 +687,7 @@
       },
     };
 
-    const client = new FanoutClient(wsURL());
+    const client = new FanoutClient(wsURL(), { name: () => app.name });
 
     const app = {
       name: '',
@@ -600,6 +706,9 @@
       notices: [],
       joinPromise: null,
       countdown: null,
+      // What /auth.json said: mode 'none' (no tokens), 'required' or
+      // 'optional' (anonymous allowed); tokenURL and dev (it takes ?name=).
+      auth: { mode: 'none', tokenURL: '', dev: false },
     };
 
     // ----- helpers -----
@@ -607,10 +716,75 @@
     function wsURL() {
       const loc = global.location;
       const scheme = loc.protocol === 'https:' ? 'wss:' : 'ws:';
-      let url = scheme + '//' + loc.host + '/ws';
-      const token = new URLSearchParams(loc.search).get('token');
-      if (token) url += '?token=' + encodeURIComponent(token);
-      return url;
+      return scheme + '//' + loc.host + '/ws';
+    }
+
+    // ----- authentication -----
+
+    /** loadAuth asks the server whether it wants a token, and where to get one. */
+    function loadAuth() {
+      if (typeof global.fetch !== 'function') return Promise.resolve();
+      return global
+        .fetch('auth.json', { cache: 'no-store' })
+        .then((r) => (r.ok ? r.json() : null))
+        .then(
+          (j) => {
+            if (!j || typeof j !== 'object') return;
+            if (j.auth === 'required' || j.auth === 'optional') app.auth.mode = j.auth;
+            if (typeof j.tokenURL === 'string') app.auth.tokenURL = j.tokenURL;
+            app.auth.dev = j.dev === true;
+          },
+          () => {} // an older server: no tokens
+        );
+    }
+
+    /**
+     * getToken fetches a token for the next connection or refresh: a token
+     * in the page's URL (?token=) is used as is (and sent with the connect
+     * op, never in the WebSocket URL); else the server's token endpoint,
+     * which with dev tokens takes the name. null: connect anonymously.
+     */
+    function getToken() {
+      const pageToken = new URLSearchParams(global.location.search).get('token');
+      if (pageToken) return Promise.resolve(pageToken);
+      if (!app.auth.tokenURL) return Promise.resolve(null);
+      let url = app.auth.tokenURL;
+      if (app.auth.dev) {
+        if (!app.name) return Promise.reject(new FanoutError('no_name', 'enter your name to sign in'));
+        app.tokenName = app.name;
+        url += (url.includes('?') ? '&' : '?') + 'name=' + encodeURIComponent(app.name);
+      }
+      return global
+        .fetch(url, { credentials: 'same-origin', cache: 'no-store' })
+        .then((r) => {
+          if (!r.ok) throw new FanoutError('token', 'token endpoint answered ' + r.status);
+          return r.json();
+        })
+        .then((j) => {
+          if (!j || typeof j.token !== 'string' || !j.token) throw new FanoutError('token', 'token endpoint gave no token');
+          return j.token;
+        })
+        .catch((err) => {
+          if (app.auth.mode === 'optional') return null; // not signed in: anonymous
+          throw err;
+        });
+    }
+
+    /** identityFixed: the name comes from the token, not from the form. */
+    function identityFixed() {
+      return app.auth.mode !== 'none' && !app.auth.dev && !!client.user;
+    }
+
+    function renderIdentity() {
+      if (!els.identity) return;
+      if (client.user) {
+        const shown = client.userName || client.user;
+        els.identity.textContent = 'Signed in as ' + shown + (shown !== client.user ? ' (' + client.user + ')' : '');
+        els.identity.hidden = false;
+      } else {
+        els.identity.textContent = '';
+        els.identity.hidden = true;
+      }
     }
 
     function el(tag, className, text) {
@@ -685,6 +859,8 @@
         text = 'Online';
       } else if (state === 'connecting') {
         text = client.attempt > 0 ? 'Reconnecting…' : 'Connecting…';
+      } else if (app.auth.dev && !app.name) {
+        text = 'Enter your name to sign in';
       } else if (client.retryAt) {
         waiting = true;
         const secs = Math.max(0, Math.ceil((client.retryAt - Date.now()) / 1000));
@@ -804,11 +980,21 @@
         if (typeof data.ts === 'number') ts = data.ts;
       }
       if (text === undefined) text = typeof data === 'string' ? data : String(JSON.stringify(data));
-      if (name && clientId) learnName(clientId, name);
-      if (!name) name = user || (clientId ? shortId(clientId) : 'server');
+      const infoName = typeof info.name === 'string' ? [...info.name].slice(0, MAX_NAME).join('') : '';
+      let verified = false;
+      if (user) {
+        // Signed in: the server's name for the user, never what the message
+        // claims.
+        name = infoName || user;
+        verified = true;
+      } else if (!name) {
+        name = infoName;
+      }
+      if (name && clientId && !user) learnName(clientId, name);
+      if (!name) name = clientId ? shortId(clientId) : 'server';
 
       const when = safeDate(ts);
-      const msg = { epoch, ei: epochIndex(epoch), offset, name, text, client: clientId, ts: when.getTime(), el: null };
+      const msg = { epoch, ei: epochIndex(epoch), offset, name, verified, user, text, client: clientId, ts: when.getTime(), el: null };
 
       const li = el('li', 'msg');
       if (clientId && app.myIds.has(clientId)) li.classList.add('mine');
@@ -817,6 +1003,12 @@
       const meta = el('div', 'meta');
       const author = el('span', 'author', name);
       author.style.setProperty('--hue', String(hue(clientId || name)));
+      if (!verified && app.auth.mode !== 'none') {
+        author.classList.add('unverified');
+        author.title = 'Name not verified (not signed in)';
+      } else if (verified) {
+        author.title = user;
+      }
       const time = el('time', 'time', when.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }));
       time.dateTime = when.toISOString();
       time.title = when.toLocaleString();
@@ -841,14 +1033,24 @@
 
     // ----- presence -----
 
-    function displayName(clientId, user) {
+    /** displayName: a signed-in user's name is the server's; others' are what they said. */
+    function displayName(clientId, p) {
+      if (p.user) return p.name || p.user;
       if (clientId === client.clientId && app.name) return app.name;
-      return app.names.get(clientId) || user || shortId(clientId);
+      return app.names.get(clientId) || p.name || shortId(clientId);
+    }
+
+    /** presenceEntry keeps what the server says of a client. */
+    function presenceEntry(info) {
+      return {
+        user: typeof info.user === 'string' ? info.user : '',
+        name: typeof info.name === 'string' ? [...info.name].slice(0, MAX_NAME).join('') : '',
+      };
     }
 
     function renderPresence() {
       const me = client.clientId;
-      const entries = [...app.presence.entries()].map(([id, user]) => ({ id, user, name: displayName(id, user) }));
+      const entries = [...app.presence.entries()].map(([id, p]) => ({ id, user: p.user, name: displayName(id, p) }));
       entries.sort((a, b) => (b.id === me) - (a.id === me) || a.name.localeCompare(b.name) || a.id.localeCompare(b.id));
       const items = entries.map((e) => {
         const li = el('li', 'person');
@@ -860,6 +1062,10 @@
         li.append(avatar, label);
         if (e.id === me) li.append(el('span', 'you', '(you)'));
         else if (!app.names.has(e.id) && !e.user) label.classList.add('anon');
+        if (!e.user && app.auth.mode !== 'none') {
+          label.classList.add('unverified');
+          label.title = 'Name not verified (not signed in)';
+        }
         li.title = e.id;
         return li;
       });
@@ -870,7 +1076,7 @@
     function applyPresence(kind, info) {
       if (!info || typeof info.client !== 'string') return;
       if (app.presenceBuffer) app.presenceBuffer.push([kind, info]);
-      if (kind === 'join') app.presence.set(info.client, info.user || '');
+      if (kind === 'join') app.presence.set(info.client, presenceEntry(info));
       else app.presence.delete(info.client);
       renderPresence();
     }
@@ -884,13 +1090,13 @@
           if (app.channel !== channel || app.presenceToken !== token) return;
           const map = new Map();
           for (const c of Array.isArray(r.clients) ? r.clients : []) {
-            if (c && typeof c.client === 'string') map.set(c.client, c.user || '');
+            if (c && typeof c.client === 'string') map.set(c.client, presenceEntry(c));
           }
           // Replay changes seen while the snapshot was on its way; the last
           // event per client wins, so this is right whether or not the
           // snapshot already reflected them.
           for (const [kind, info] of app.presenceBuffer) {
-            if (kind === 'join') map.set(info.client, info.user || '');
+            if (kind === 'join') map.set(info.client, presenceEntry(info));
             else map.delete(info.client);
           }
           app.presence = map;
@@ -935,6 +1141,7 @@
     function join(name, room) {
       name = String(name ?? '').trim();
       room = String(room ?? '').trim();
+      if (identityFixed()) name = [...(client.userName || client.user)].slice(0, MAX_NAME).join('');
       const problem = validateName(name) || validateRoom(room);
       if (problem) {
         showJoinError(problem);
@@ -948,6 +1155,12 @@
       els.room.value = room;
       if (client.clientId) app.names.set(client.clientId, name);
       setHash(room);
+      if (app.auth.dev) {
+        // A dev token carries the name: another name is another user, on a
+        // new connection (subscriptions carry over).
+        if (app.tokenName !== undefined && app.tokenName !== name) client.close();
+        client.reconnectNow();
+      }
 
       const channel = ROOM_PREFIX + room;
       if (channel === app.channel && app.joinPromise) {
@@ -1000,10 +1213,21 @@
     });
 
     client.on('connected', ({ client: id }) => {
+      if (identityFixed()) {
+        // Signed in by the server's token endpoint: the token names us.
+        app.name = [...(client.userName || client.user)].slice(0, MAX_NAME).join('');
+        els.name.value = app.name;
+        els.name.readOnly = true;
+      }
       if (id) {
         app.myIds.add(id);
         if (app.name) app.names.set(id, app.name);
       }
+      renderIdentity();
+    });
+
+    client.on('refreshed', (d) => {
+      if (!d.ok && d.error && d.error.code !== 'closed') reportError('token refresh', d.error);
     });
 
     client.on('disconnected', () => {
@@ -1137,7 +1361,16 @@
       get messages() {
         return app.messages
           .filter((m) => !m.divider)
-          .map((m) => ({ offset: m.offset, epoch: m.epoch, name: m.name, text: m.text, client: m.client, ts: m.ts }));
+          .map((m) => ({
+            offset: m.offset,
+            epoch: m.epoch,
+            name: m.name,
+            verified: m.verified,
+            user: m.user,
+            text: m.text,
+            client: m.client,
+            ts: m.ts,
+          }));
       },
       get presence() {
         return [...app.presence.keys()];
@@ -1147,6 +1380,18 @@
       },
       get notices() {
         return app.notices.slice();
+      },
+      get authMode() {
+        return app.auth.mode;
+      },
+      get user() {
+        return client.user;
+      },
+      get userName() {
+        return client.userName;
+      },
+      get refreshes() {
+        return client.refreshes;
       },
       snapshot() {
         const h = global.fanoutApp;
@@ -1186,12 +1431,18 @@
     renderStatus();
     renderPresence();
     updateControls();
-    client.connect();
-    if (savedName && !validateName(savedName) && !validateRoom(startRoom)) {
-      join(savedName, startRoom).catch(() => {});
-    } else if (!savedName) {
-      els.name.focus();
-    }
+    loadAuth().then(() => {
+      if (app.auth.mode !== 'none') client.getToken = getToken;
+      if (app.auth.dev && savedName && !validateName(savedName)) app.name = savedName;
+      // With dev tokens the name is the identity: wait for it.
+      if (!app.auth.dev || app.name) client.connect();
+      renderStatus();
+      if (savedName && !validateName(savedName) && !validateRoom(startRoom)) {
+        join(savedName, startRoom).catch(() => {});
+      } else if (!savedName) {
+        els.name.focus();
+      }
+    });
   }
 
   if (typeof document !== 'undefined' && document.getElementById) {

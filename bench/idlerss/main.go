@@ -6,12 +6,16 @@
 //
 //	go build -o /tmp/fanout ./cmd/fanout
 //	go run ./bench/idlerss --conns 15000 -- /tmp/fanout --addr 127.0.0.1:9100
+//
+// --tls connects with TLS (wss://, the certificate not verified), for a
+// server started with one (fanout --tls-cert/--tls-key).
 package main
 
 import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -40,6 +44,7 @@ type result struct {
 	ServerThreads   int     `json:"server_threads"`
 	SettleSeconds   float64 `json:"settle_seconds"`
 	ReadFirstPacket bool    `json:"read_first_message"`
+	TLS             bool    `json:"tls"`
 }
 
 func main() {
@@ -53,12 +58,14 @@ func main() {
 		name    = flag.String("name", "", "server name for the report (default: the command)")
 		asJSON  = flag.Bool("json", false, "print the result as JSON")
 		readMsg = flag.Bool("read-first", false, "expect and read one message after each upgrade (fanout's connected push)")
+		useTLS  = flag.Bool("tls", false, "connect with TLS (wss://; the server's certificate is not verified)")
 	)
 	flag.Parse()
 	if flag.NArg() == 0 {
 		fmt.Fprintln(os.Stderr, "usage: idlerss [flags] -- server-command [args]")
 		os.Exit(2)
 	}
+	dialTLS = *useTLS
 	res, err := measure(flag.Args(), *addr, *path, *conns, *workers, *settle, strings.Split(*sources, ","), *readMsg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "idlerss:", err)
@@ -129,6 +136,7 @@ func measure(cmdline []string, addr, path string, n, workers int, settle time.Du
 		ServerThreads:   threads,
 		SettleSeconds:   settle.Seconds(),
 		ReadFirstPacket: readFirst,
+		TLS:             dialTLS,
 	}, nil
 }
 
@@ -183,6 +191,9 @@ func dialMany(addr, path string, n, workers int, sources []string, readFirst boo
 	return held, failed
 }
 
+// dialTLS makes upgradeOne connect with TLS (--tls).
+var dialTLS bool
+
 func upgradeOne(addr, source string, req []byte, readFirst bool) (net.Conn, error) {
 	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(strings.TrimSpace(source))}}
 	c, err := d.DialContext(context.Background(), "tcp", addr)
@@ -190,6 +201,14 @@ func upgradeOne(addr, source string, req []byte, readFirst bool) (net.Conn, erro
 		return nil, err
 	}
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if dialTLS {
+		tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+		if err := tc.Handshake(); err != nil {
+			c.Close()
+			return nil, err
+		}
+		c = tc
+	}
 	if _, err := c.Write(req); err != nil {
 		c.Close()
 		return nil, err

@@ -2,6 +2,9 @@
 //
 // Every flag has an environment equivalent: --max-message-bytes is
 // FANOUT_MAX_MESSAGE_BYTES. Flags given on the command line win.
+//
+// "fanout token --secret S --sub alice ..." prints an HS256 token for
+// development (see tokenCommand).
 package main
 
 import (
@@ -18,10 +21,17 @@ import (
 	"time"
 
 	"github.com/fanout-dev/fanout/engine"
+	"github.com/fanout-dev/fanout/engine/auth"
 )
 
 func main() {
-	if err := run(os.Args[1:], os.Stderr); err != nil {
+	var err error
+	if len(os.Args) > 1 && os.Args[1] == "token" {
+		err = tokenCommand(os.Args[2:], os.Stdout, os.Stderr)
+	} else {
+		err = run(os.Args[1:], os.Stderr)
+	}
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
 		}
@@ -38,9 +48,15 @@ func run(args []string, stderr io.Writer) error {
 		origins   string
 		logLevel  string
 		logFormat string
+
+		anonChannels, anonPublish, devChannels, devPublish string
+
+		trustedProxies string
 	)
 	fs.StringVar(&cfg.Addr, "addr", ":8080", "TCP address to listen on")
 	fs.BoolVar(&cfg.ReusePort, "reuse-port", false, "set SO_REUSEPORT so several processes share the port")
+	fs.StringVar(&cfg.TLSCertFile, "tls-cert", "", "PEM certificate chain: with --tls-key, the port serves https:// and wss:// only (reloaded on SIGHUP)")
+	fs.StringVar(&cfg.TLSKeyFile, "tls-key", "", "PEM private key of --tls-cert")
 	fs.IntVar(&cfg.MaxMessageBytes, "max-message-bytes", 1<<20, "largest client message in bytes (larger: close 1009)")
 	fs.IntVar(&cfg.MaxReassemblyBytes, "max-reassembly-bytes", 256<<20, "bytes all connections together may hold for messages still arriving (over: that connection is closed 1009; negative: no bound)")
 	fs.IntVar(&cfg.MaxSubscriptionsPerConn, "max-subscriptions-per-conn", 1024, "channels one connection may subscribe to (over: error too_large; negative: no limit)")
@@ -53,7 +69,12 @@ func run(args []string, stderr io.Writer) error {
 	fs.DurationVar(&cfg.WriteTimeout, "write-timeout", 10*time.Second, "drop a connection whose socket accepts nothing for this long")
 	fs.IntVar(&cfg.WriteQueueBytes, "write-queue-bytes", 1<<20, "outbound bytes queued per connection before it is closed 1008 slow consumer")
 	fs.IntVar(&cfg.SendBufferBytes, "send-buffer-bytes", 0, "SO_SNDBUF per connection (0: kernel default, autotuned)")
-	fs.StringVar(&origins, "allowed-origins", "", "comma-separated browser origins allowed besides the server's own host (* for any)")
+	fs.StringVar(&cfg.PublicURL, "public-url", "", "URL browsers load the app from (e.g. https://chat.example.com): its origin may open WebSockets; unset with no --allowed-origins: development mode, only pages on localhost")
+	fs.StringVar(&origins, "allowed-origins", "", "comma-separated further browser origins (scheme://host[:port]) allowed to open WebSockets (* for any)")
+	fs.StringVar(&trustedProxies, "trusted-proxies", "", "comma-separated CIDRs of proxies whose X-Forwarded-For/-Host/-Proto are believed (client address, origin check)")
+	fs.IntVar(&cfg.MaxConns, "max-conns", 0, "sockets held (WebSockets, handshakes) past which upgrades get 503 + Retry-After (0: RLIMIT_NOFILE less max(256, 5%), /3 with TLS; negative: no limit)")
+	fs.IntVar(&cfg.MaxConnsPerIP, "max-conns-per-ip", engine.DefaultMaxConnsPerIP, "open WebSockets per client address (IPv6: per /64; loopback not limited) past which upgrades get 429 (negative: no limit)")
+	fs.Int64Var(&cfg.MaxMemory, "max-memory", 0, "memory in bytes (Go runtime, from the OS) above which upgrades get 503 + Retry-After and history is trimmed (0: 80% of the cgroup or machine memory; negative: no limit)")
 	fs.DurationVar(&cfg.DrainDelay, "drain-delay", 5*time.Second, "on SIGINT/SIGTERM, how long /readyz says 503 and upgrades get 503 before WebSockets are closed 1012")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 10*time.Second, "after the drain delay, how long to wait for clients to leave")
 	fs.DurationVar(&cfg.HTTPReadTimeout, "http-read-timeout", 15*time.Second, "time allowed to read a whole ordinary HTTP request, body included")
@@ -68,10 +89,23 @@ func run(args []string, stderr io.Writer) error {
 	fs.BoolVar(&cfg.Pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ (exposes internals; on --admin-addr when set)")
 	fs.StringVar(&cfg.AdminAddr, "admin-addr", "", "second address for /metrics, /healthz and --pprof (e.g. 127.0.0.1:9090); the public port then does not serve them")
 	fs.BoolVar(&cfg.AdminAPI, "admin-api", false, "serve /api/* on --admin-addr only")
+	fs.StringVar(&cfg.TokenSecret, "token-secret", "", "HS256 secret verifying client tokens (prefer FANOUT_TOKEN_SECRET: flags show in ps); with any token key set, clients need a token")
+	fs.StringVar(&cfg.TokenPublicKeyFile, "token-public-key", "", "PEM file of RS256/ES256 public keys verifying client tokens")
+	fs.StringVar(&cfg.TokenJWKSFile, "token-jwks", "", "JWKS file of RS256/ES256 keys verifying client tokens, chosen by kid (key rotation)")
+	fs.BoolVar(&cfg.AllowAnonymous, "allow-anonymous", false, "with token keys set, also accept connections without a token, limited to --anonymous-channels and --anonymous-publish")
+	fs.StringVar(&anonChannels, "anonymous-channels", "", "comma-separated channel globs (e.g. 'public:*') anonymous connections may subscribe to, read history and presence of")
+	fs.StringVar(&anonPublish, "anonymous-publish", "", "comma-separated channel globs anonymous connections may publish to")
+	fs.IntVar(&cfg.PublishBytesPerSecond, "publish-bytes-per-second", 1<<20, "publish data per second per user (per connection when anonymous), on average; over it: error rate_limited (negative: no limit)")
+	fs.IntVar(&cfg.PublishBurstBytes, "publish-burst-bytes", 0, "publish data one user may send at once (0: 4x --publish-bytes-per-second; at least --max-message-bytes)")
+	fs.StringVar(&cfg.TokenURL, "token-url", "", "same-origin URL the web app fetches {\"token\"} from when the server requires one (default: /api/dev-token with --dev-tokens)")
+	fs.BoolVar(&cfg.DevTokens, "dev-tokens", false, "DEVELOPMENT ONLY: serve GET /api/dev-token?name=N, minting a token for any name to anyone")
+	fs.StringVar(&devChannels, "dev-token-channels", "*", "comma-separated subscribe globs of dev tokens")
+	fs.StringVar(&devPublish, "dev-token-publish", "*", "comma-separated publish globs of dev tokens")
+	fs.DurationVar(&cfg.DevTokenTTL, "dev-token-ttl", 10*time.Minute, "lifetime of dev tokens")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: fanout [flags]\n\nEvery flag can also be set as FANOUT_<NAME> (e.g. FANOUT_ADDR=:9000).\n\n")
+		fmt.Fprintf(fs.Output(), "Usage: fanout [flags]\n       fanout token --secret S --sub USER [flags]   (print a development token; fanout token -h)\n\nEvery flag can also be set as FANOUT_<NAME> (e.g. FANOUT_ADDR=:9000).\n\n")
 		fs.PrintDefaults()
 	}
 	if err := applyEnv(fs); err != nil {
@@ -90,6 +124,13 @@ func run(args []string, stderr io.Writer) error {
 	if origins != "" {
 		cfg.AllowedOrigins = strings.Split(origins, ",")
 	}
+	if trustedProxies != "" {
+		cfg.TrustedProxies = strings.Split(trustedProxies, ",")
+	}
+	cfg.AnonymousChannels = splitList(anonChannels)
+	cfg.AnonymousPublish = splitList(anonPublish)
+	cfg.DevTokenChannels = splitList(devChannels)
+	cfg.DevTokenPublish = splitList(devPublish)
 	cfg.Logger = logger
 
 	srv, err := engine.New(cfg)
@@ -101,6 +142,9 @@ func run(args []string, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if cfg.TLSCertFile != "" || cfg.TLSKeyFile != "" {
+		reloadOnSIGHUP(ctx, srv)
+	}
 	<-ctx.Done()
 	stop()
 	logger.Info("draining", "delay", cfg.DrainDelay, "timeout", cfg.DrainTimeout)
@@ -111,6 +155,81 @@ func run(args []string, stderr io.Writer) error {
 	}
 	logger.Info("stopped")
 	return nil
+}
+
+// reloadOnSIGHUP reads the TLS certificate and key again on each SIGHUP
+// (after a renewal), until ctx is done. A failed reload keeps the current
+// certificate; ReloadTLS logs either outcome.
+func reloadOnSIGHUP(ctx context.Context, srv *engine.Server) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		defer signal.Stop(hup)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				_ = srv.ReloadTLS()
+			}
+		}
+	}()
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// tokenCommand is "fanout token": it prints an HS256 token (auth.Mint) for
+// development and tests.
+func tokenCommand(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("fanout token", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		secret, sub, name, channels, publish string
+		ttl                                  time.Duration
+	)
+	fs.StringVar(&secret, "secret", os.Getenv("FANOUT_TOKEN_SECRET"), "HS256 secret, the server's --token-secret (default $FANOUT_TOKEN_SECRET)")
+	fs.StringVar(&sub, "sub", "", "the user (sub claim)")
+	fs.StringVar(&name, "name", "", "display name (info.name claim)")
+	fs.StringVar(&channels, "channels", "", "comma-separated globs the user may subscribe to (e.g. 'chat:*')")
+	fs.StringVar(&publish, "publish", "", "comma-separated globs the user may publish to")
+	fs.DurationVar(&ttl, "ttl", time.Hour, "lifetime")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: fanout token --secret S --sub alice [--channels 'chat:*'] [--publish 'chat:*'] [--name Alice] [--ttl 1h]\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	switch {
+	case fs.NArg() > 0:
+		return fmt.Errorf("token: unexpected arguments %q", fs.Args())
+	case secret == "":
+		return errors.New("token: --secret (or FANOUT_TOKEN_SECRET) is required")
+	case sub == "":
+		return errors.New("token: --sub is required")
+	case ttl <= 0:
+		return errors.New("token: --ttl must be positive")
+	}
+	tok, err := auth.Mint([]byte(secret), auth.Claims{
+		Subject:  sub,
+		Name:     name,
+		Channels: splitList(channels),
+		Publish:  splitList(publish),
+	}, ttl)
+	if err != nil {
+		return fmt.Errorf("token: %w", err)
+	}
+	_, err = fmt.Fprintln(stdout, tok)
+	return err
 }
 
 // applyEnv sets each flag from FANOUT_<NAME> when that variable is set, so

@@ -175,6 +175,34 @@ type Stats struct {
 // (MemoryBroker).
 type historyStatser interface{ HistoryStats() HistoryStats }
 
+// historyTrimmer is implemented by brokers whose history can give memory
+// back under pressure (MemoryBroker).
+type historyTrimmer interface {
+	TrimHistory(fraction float64) int64
+	RestoreHistory()
+}
+
+// TrimHistory asks the broker to shrink its history to fraction of what it
+// holds and to keep it there until RestoreHistory (MemoryBroker.TrimHistory):
+// for memory pressure. It returns the bytes history holds afterwards; ok is
+// false when the broker cannot.
+func (h *Hub) TrimHistory(fraction float64) (held int64, ok bool) {
+	if t, ok := h.broker.(historyTrimmer); ok {
+		return t.TrimHistory(fraction), true
+	}
+	return 0, false
+}
+
+// RestoreHistory gives history back the budget TrimHistory lowered. It
+// reports whether the broker supports trimming.
+func (h *Hub) RestoreHistory() bool {
+	if t, ok := h.broker.(historyTrimmer); ok {
+		t.RestoreHistory()
+		return true
+	}
+	return false
+}
+
 // Hub is the channel registry and broadcaster. All methods are safe for
 // concurrent use.
 type Hub struct {

@@ -109,6 +109,7 @@ type MemoryBroker struct {
 	lruHead         *memChannel // least recently published
 	lruTail         *memChannel
 	bytes           int64
+	pressure        int64 // temporary byte budget (TrimHistory); < 0: none
 	channels        int
 	expired         uint64
 	evictedBytes    uint64
@@ -182,6 +183,7 @@ func NewMemoryBroker(cfg MemoryBrokerConfig) *MemoryBroker {
 		maxChannels: cfg.HistoryChannels,
 		now:         cfg.Now,
 		seed:        maphash.MakeSeed(),
+		pressure:    -1,
 		stop:        make(chan struct{}),
 	}
 	switch {
@@ -308,7 +310,45 @@ const (
 // overLocked reports whether history is over its byte budget or channel
 // cap. Called with lruMu held.
 func (b *MemoryBroker) overLocked() bool {
-	return b.maxBytes > 0 && b.bytes > b.maxBytes || b.maxChannels > 0 && b.channels > b.maxChannels
+	limit, ok := b.budgetLocked()
+	return ok && b.bytes > limit || b.maxChannels > 0 && b.channels > b.maxChannels
+}
+
+// budgetLocked is the byte budget in force: HistoryBytes, or the lower
+// temporary one TrimHistory set; ok is false when there is none. Called
+// with lruMu held.
+func (b *MemoryBroker) budgetLocked() (limit int64, ok bool) {
+	limit, ok = b.maxBytes, b.maxBytes > 0
+	if b.pressure >= 0 && (!ok || b.pressure < limit) {
+		limit, ok = b.pressure, true
+	}
+	return limit, ok
+}
+
+// TrimHistory lowers the history byte budget to fraction (0 to 1) of what
+// history holds now and evicts down to it at once, oldest publications of
+// the least recently published channels first, as the budget always does.
+// The lower budget stays (so that history does not grow straight back)
+// until RestoreHistory; each call lowers it further. It is meant for memory
+// pressure: history is a cache, and the cheapest memory to give back. It
+// returns the bytes history holds afterwards.
+func (b *MemoryBroker) TrimHistory(fraction float64) int64 {
+	fraction = min(max(fraction, 0), 1)
+	b.lruMu.Lock()
+	b.pressure = int64(float64(b.bytes) * fraction)
+	b.lruMu.Unlock()
+	b.evict()
+	b.lruMu.Lock()
+	defer b.lruMu.Unlock()
+	return b.bytes
+}
+
+// RestoreHistory lifts the budget TrimHistory lowered: HistoryBytes
+// applies again.
+func (b *MemoryBroker) RestoreHistory() {
+	b.lruMu.Lock()
+	b.pressure = -1
+	b.lruMu.Unlock()
 }
 
 // evict brings history back within its bounds, evicting from the front of
@@ -330,13 +370,14 @@ func (b *MemoryBroker) evict() {
 		}
 		b.lruMu.Lock()
 		drop, reason := 0, evictBytes
+		budget, hasBudget := b.budgetLocked()
 		switch {
 		case b.maxChannels > 0 && b.channels > b.maxChannels:
 			drop, reason = v.n, evictChannels
-		case b.maxBytes > 0 && b.bytes > b.maxBytes:
+		case b.bytes > budget && hasBudget:
 			// The oldest entries that cover the excess; the channel's own
 			// overhead goes with its last entry.
-			excess := b.bytes - b.maxBytes
+			excess := b.bytes - budget
 			for freed := int64(0); drop < v.n && freed < excess; drop++ {
 				freed += entrySize(v.ring[(v.head+drop)%len(v.ring)].pub)
 			}
