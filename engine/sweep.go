@@ -140,6 +140,11 @@ func (s *Server) sweep() {
 		case now := <-t.C:
 			s.clock.Store(now.UnixNano())
 		}
+		// Memory is sampled on upgrades and scrapes, and here, so that
+		// history is trimmed under pressure even when neither happens.
+		if s.adm.mem != nil {
+			s.adm.mem.overLimit(s.trimHistory, s.restoreHistory)
+		}
 		due = s.wheel.advance(s.clock.Load(), due[:0])
 		for i, c := range due {
 			s.checkConnSafe(c)

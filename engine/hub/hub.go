@@ -790,7 +790,7 @@ const (
 // pubReplyBound bounds the bytes p adds to a reply in enc; enc 0 means
 // whichever encoding is larger. JSON escapes a string byte into at most 6.
 func pubReplyBound(enc codec.Encoding, p *codec.Publication) int {
-	strs := len(p.Channel) + len(p.Epoch) + len(p.Info.Client) + len(p.Info.User)
+	strs := len(p.Channel) + len(p.Epoch) + len(p.Info.Client) + len(p.Info.User) + len(p.Info.Name)
 	j := pubOverheadInReply + 6*strs + len(p.JSON)
 	m := pubOverheadInReply + strs + len(p.Msgpack)
 	switch enc {

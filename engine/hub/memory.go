@@ -170,7 +170,8 @@ type memEntry struct {
 
 // entrySize is what one stored publication counts against HistoryBytes.
 func entrySize(p *codec.Publication) int64 {
-	return pubOverhead + int64(cap(p.JSON)+cap(p.Msgpack)+len(p.Channel))
+	return pubOverhead + int64(cap(p.JSON)+cap(p.Msgpack)+len(p.Channel)+
+		len(p.Info.Client)+len(p.Info.User)+len(p.Info.Name))
 }
 
 // NewMemoryBroker returns an in-memory broker. Register it with a Hub
