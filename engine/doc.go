@@ -164,8 +164,9 @@
 //     a ws.RejectConnectionError with 401, and the claims land in
 //     Conn.info.User and a per-connection permission set consulted by
 //     protocol.go. Rate limits hang off the same Conn.
-//   - TLS: netpoll has no TLS; the plan is TLS termination in front (or a
-//     crypto/tls listener feeding the same handler with a goroutine per
-//     connection, opt-in), keeping the event loop for plain sockets.
+//   - TLS (done: tls.go, Config.TLSCertFile): netpoll has no TLS, so a
+//     crypto/tls front owns the port and hands the event loop the other end
+//     of a socketpair per connection, as if accepted; the data path above
+//     is unchanged, and with TLS off the front does not exist.
 //   - A NATS cluster: hub.Broker is the seam; engine does not change.
 package engine

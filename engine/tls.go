@@ -2,6 +2,7 @@ package engine
 
 import (
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -39,9 +40,12 @@ import (
 // modes. Every connection of a TLS server is a TLS connection (the port
 // speaks nothing else), so no per-connection flag is needed either.
 //
-// Per connection, two goroutines:
-//   - upstream (client to engine) runs the handshake, then waits for the
-//     client's socket to be readable without holding a buffer, reads and
+// Per connection, the handshake runs on a goroutine of its own (bounded by
+// HandshakeTimeout), which hands the engine its end of the socketpair,
+// starts the two goroutines that stay for the connection's life and exits
+// (the handshake grows a stack that those two then do not carry):
+//   - upstream (client to engine) waits for the client's socket to be
+//     readable without holding a buffer, reads and
 //     decrypts what is there with the socket in no-wait mode (a read that
 //     would block returns errWouldBlock, which crypto/tls treats as
 //     temporary: it keeps a partial record for the next read) and writes the
@@ -99,6 +103,16 @@ type tlsFront struct {
 	handshakes       atomic.Uint64
 	handshakeErrors  atomic.Uint64
 	plaintextRefused atomic.Uint64
+	// shed counts clients closed at accept because the front held
+	// maxLive connections; shedLogged is when that was last logged.
+	shed       atomic.Uint64
+	shedLogged atomic.Int64
+	// maxLive bounds the connections the front holds, handshakes
+	// included: admission's accept cap (RLIMIT_NOFILE less a reserve, by
+	// three descriptors per TLS connection), so that a flood of TLS
+	// handshakes cannot take the descriptors health checks and the admin
+	// port need before the engine ever sees it. 0: none.
+	maxLive int
 }
 
 // newTLSConfig is the server's TLS configuration: TLS 1.2 and 1.3 only,
@@ -148,7 +162,7 @@ func (s *Server) newTLSFront(ln net.Listener) (*tlsFront, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := &tlsFront{s: s, ln: ln, pipes: pl, live: make(map[*tlsPipe]struct{})}
+	f := &tlsFront{s: s, ln: ln, pipes: pl, live: make(map[*tlsPipe]struct{}), maxLive: int(s.adm.acceptCap)}
 	f.cert.Store(cert)
 	f.conf = newTLSConfig(&f.cert)
 	pl.front = f
@@ -212,6 +226,12 @@ func (f *tlsFront) acceptLoop() {
 		}
 		p, err := f.newPipe(tc)
 		if err != nil {
+			if err == errFrontFull {
+				// No TLS yet, so no 503 can be said: close at once,
+				// before spending a goroutine and a handshake.
+				_ = tc.SetLinger(0)
+				f.logShed()
+			}
 			_ = tc.Close()
 			continue
 		}
@@ -233,10 +253,24 @@ func (f *tlsFront) newPipe(tc *net.TCPConn) (*tlsPipe, error) {
 	if f.closed {
 		return nil, net.ErrClosed
 	}
+	if f.maxLive > 0 && len(f.live) >= f.maxLive {
+		return nil, errFrontFull
+	}
 	f.live[p] = struct{}{}
 	p.refs.Store(1)
 	f.wg.Add(1)
 	return p, nil
+}
+
+var errFrontFull = errors.New("tls front: connection cap reached")
+
+// logShed counts a client shed at accept and logs it at most once a minute.
+func (f *tlsFront) logShed() {
+	n := f.shed.Add(1)
+	now := time.Now().UnixNano()
+	if last := f.shedLogged.Load(); now-last >= int64(time.Minute) && f.shedLogged.CompareAndSwap(last, now) {
+		f.s.log.Warn("tls: connections closed at accept, the front holds its cap", "cap", f.maxLive, "shed_total", n)
+	}
 }
 
 // liveConns is the number of connections the front holds (tests).
@@ -647,7 +681,11 @@ func newPipeListener(addr net.Addr) (*pipeListener, error) {
 	return &pipeListener{addr: addr, efd: efd}, nil
 }
 
-var eventfdOne = [8]byte{1} // little endian 1 (amd64, arm64)
+// eventfdOne is the 8-byte counter increment an eventfd write takes.
+var eventfdOne = func() (b [8]byte) {
+	binary.NativeEndian.PutUint64(b[:], 1)
+	return
+}()
 
 // push queues an engine end for Accept; false once the listener is closed.
 func (l *pipeListener) push(c *pipeConn) bool {

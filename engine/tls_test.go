@@ -681,3 +681,61 @@ func TestTLSShutdownAndClose(t *testing.T) {
 		t.Fatal("a connection in its handshake was not closed")
 	}
 }
+
+// TestTLSFrontCapShedsAtAccept: past its cap (admission's accept cap by
+// default) the front closes new clients at once, before any handshake, and
+// serves again once below it.
+func TestTLSFrontCapShedsAtAccept(t *testing.T) {
+	e := startTLSServer(t, Config{})
+	if e.s.tls.maxLive <= 0 {
+		t.Fatalf("front cap %d, want admission's accept cap", e.s.tls.maxLive)
+	}
+	e.s.tls.mu.Lock()
+	e.s.tls.maxLive = 3
+	e.s.tls.mu.Unlock()
+	var held []net.Conn
+	for i := 0; i < 3; i++ { // silent: in their handshake
+		nc, err := net.Dial("tcp", e.s.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, nc)
+	}
+	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if n := e.s.tls.liveConns(); n != 3 {
+			return fmt.Errorf("%d live", n)
+		}
+		return nil
+	})
+	// Reset at once: the dial itself may already see it.
+	if nc, err := net.Dial("tcp", e.s.Addr().String()); err == nil {
+		_ = nc.SetReadDeadline(time.Now().Add(2 * time.Second)) // HandshakeTimeout is 5 s
+		if _, err := nc.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("a client past the cap: %v, want closed at once", err)
+		}
+		nc.Close()
+	}
+	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if n := e.s.tls.shed.Load(); n != 1 {
+			return fmt.Errorf("shed %d, want 1", n)
+		}
+		return nil
+	})
+	if n := e.s.tls.shed.Load(); n != 1 {
+		t.Fatalf("shed %d, want 1", n)
+	}
+	for _, c := range held {
+		c.Close()
+	}
+	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if n := e.s.tls.liveConns(); n != 0 {
+			return fmt.Errorf("%d live", n)
+		}
+		return nil
+	})
+	resp, err := e.httpsClient().Get("https://" + e.s.Addr().String() + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+}
