@@ -174,6 +174,22 @@ func newAuthenticator(s *Server) (*authenticator, error) {
 // required reports whether tokens are checked at all.
 func (a *authenticator) required() bool { return a.verifier != nil }
 
+// ReloadKeys reads the token key files (TokenPublicKeyFile, TokenJWKSFile)
+// again, for key rotation (the command's SIGHUP). On error the keys in use
+// stay and the error is logged and returned. Without token keys it does
+// nothing.
+func (s *Server) ReloadKeys() error {
+	if s.authn == nil || s.authn.verifier == nil {
+		return nil
+	}
+	if err := s.authn.verifier.Reload(); err != nil {
+		s.log.Error("token key reload failed; keeping the previous keys", "err", err)
+		return fmt.Errorf("engine: token keys: %w", err)
+	}
+	s.log.Info("token keys reloaded")
+	return nil
+}
+
 // verify checks token at server time nowNs and returns the identity it
 // grants. A token whose exp has passed is expired here even within the
 // verifier's clock-skew leeway: the connection would be closed at once.

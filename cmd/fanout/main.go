@@ -142,8 +142,8 @@ func run(args []string, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if cfg.TLSCertFile != "" || cfg.TLSKeyFile != "" {
-		reloadOnSIGHUP(ctx, srv)
+	if cfg.TLSCertFile != "" || cfg.TLSKeyFile != "" || cfg.TokenPublicKeyFile != "" || cfg.TokenJWKSFile != "" {
+		reloadOnSIGHUP(ctx, srv, cfg.TLSCertFile != "")
 	}
 	<-ctx.Done()
 	stop()
@@ -157,10 +157,10 @@ func run(args []string, stderr io.Writer) error {
 	return nil
 }
 
-// reloadOnSIGHUP reads the TLS certificate and key again on each SIGHUP
-// (after a renewal), until ctx is done. A failed reload keeps the current
-// certificate; ReloadTLS logs either outcome.
-func reloadOnSIGHUP(ctx context.Context, srv *engine.Server) {
+// reloadOnSIGHUP reads the TLS certificate and key (after a renewal) and
+// the token key files (a rotation) again on each SIGHUP, until ctx is done.
+// A failed reload keeps what is in use; the server logs either outcome.
+func reloadOnSIGHUP(ctx context.Context, srv *engine.Server, tls bool) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	go func() {
@@ -170,7 +170,10 @@ func reloadOnSIGHUP(ctx context.Context, srv *engine.Server) {
 			case <-ctx.Done():
 				return
 			case <-hup:
-				_ = srv.ReloadTLS()
+				if tls {
+					_ = srv.ReloadTLS()
+				}
+				_ = srv.ReloadKeys()
 			}
 		}
 	}()
