@@ -410,6 +410,30 @@ func (s *Server) newMetricsHandler() http.Handler {
 	gauge("connections", "Open WebSocket connections.", func() float64 { return float64(st.open.Load()) })
 	s.registerAdmissionMetrics(reg)
 	gauge("reassembly_bytes", "Bytes held for messages not fully arrived (fragments, large frames), against --max-reassembly-bytes.", func() float64 { return float64(s.reassembly.Load()) })
+	if s.cfg.TLSCertFile != "" {
+		// s.tls is created by Start; before it these read zero.
+		tlsCounter := func(name, help string, f func(*tlsFront) uint64) {
+			counter(name, help, func() uint64 {
+				if s.tls == nil {
+					return 0
+				}
+				return f(s.tls)
+			})
+		}
+		tlsCounter("tls_handshakes_total", "TLS handshakes completed on the public port.", func(f *tlsFront) uint64 { return f.handshakes.Load() })
+		tlsCounter("tls_handshake_errors_total", "TLS handshakes that failed or timed out.", func(f *tlsFront) uint64 { return f.handshakeErrors.Load() })
+		tlsCounter("tls_plaintext_refused_total", "Plain HTTP requests to the TLS port (answered 400).", func(f *tlsFront) uint64 { return f.plaintextRefused.Load() })
+		tlsCounter("tls_shed_total", "Clients closed at accept because the TLS front held its maximum.", func(f *tlsFront) uint64 { return f.shed.Load() })
+		gauge("tls_connections", "Connections the TLS front holds, handshakes included.", func() float64 {
+			f := s.tls
+			if f == nil {
+				return 0
+			}
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			return float64(len(f.live))
+		})
+	}
 	closes := prometheus.NewDesc("fanout_closes_sent_total", "Close frames sent, by code.", []string{"code"}, nil)
 	reg.MustRegister(collectorFunc{desc: closes, collect: func(ch chan<- prometheus.Metric) {
 		for i := range st.closes {
