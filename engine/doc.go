@@ -159,14 +159,15 @@
 //     one is just another frame with RSV1 set); parseHeader then accepts RSV1
 //     on connections that negotiated the extension in the upgrader's
 //     Negotiate callback.
-//   - JWT auth and limits: the upgrader's OnRequest/OnHeader callbacks already
-//     see the query string and headers before the 101; a token check returns
-//     a ws.RejectConnectionError with 401, and the claims land in
-//     Conn.info.User and a per-connection permission set consulted by
-//     protocol.go. Rate limits hang off the same Conn.
-//   - TLS (done: tls.go, Config.TLSCertFile): netpoll has no TLS, so a
-//     crypto/tls front owns the port and hands the event loop the other end
-//     of a socketpair per connection, as if accepted; the data path above
-//     is unchanged, and with TLS off the front does not exist.
-//   - A NATS cluster: hub.Broker is the seam; engine does not change.
+//   - A cluster broker: hub.Broker is the seam; engine does not change.
+//
+// # Security
+//
+// Upgrades pass admission (admission.go: origin, connection and per-address
+// limits, memory) and then authentication (authn.go: JWT at the upgrade or
+// by the connect command; Conn.authn holds the permissions protocol.go
+// checks). TLS (tls.go): netpoll has no TLS, so a crypto/tls front owns the
+// port and hands the event loop the other end of a socketpair per
+// connection, as if accepted; the data path above is unchanged, and with
+// TLS off the front does not exist. docs/SECURITY.md is the threat model.
 package engine
