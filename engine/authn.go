@@ -242,7 +242,7 @@ func (s *Server) authenticate(u *upgradeState) (ws.HandshakeHeader, error) {
 		switch {
 		case len(u.origin) > 0 && !s.cfg.Echo:
 			// A browser: it may authenticate with connect.
-			by := s.clock.Load() + s.cfg.HandshakeTimeout.Nanoseconds()
+			by := s.now() + s.cfg.HandshakeTimeout.Nanoseconds()
 			c.authn.Store(a.pending)
 			c.connectBy.Store(by)
 			s.wheel.scheduleBy(c, by)
@@ -254,7 +254,7 @@ func (s *Server) authenticate(u *upgradeState) (ws.HandshakeHeader, error) {
 		a.refused.Add(1)
 		return nil, errTokenRequired
 	}
-	ca, err := a.verify(token, s.clock.Load())
+	ca, err := a.verify(token, s.now())
 	if err != nil {
 		a.refused.Add(1)
 		if errors.Is(err, auth.ErrExpired) {
@@ -348,7 +348,7 @@ func (s *Server) connect(c *Conn, cmd *codec.Command) {
 		c.authn.Store(ca)
 	} else {
 		var err error
-		if ca, err = s.authn.verify(string(cmd.Token), s.clock.Load()); err != nil {
+		if ca, err = s.authn.verify(string(cmd.Token), s.now()); err != nil {
 			s.authn.refused.Add(1)
 			s.replyError(c, cmd, codec.CodeUnauthorized, tokenErrorText(err))
 			return
@@ -382,7 +382,7 @@ func (s *Server) refresh(c *Conn, cmd *codec.Command) {
 		s.replyError(c, cmd, codec.CodeBadRequest, "refresh needs a connection authenticated by a token")
 		return
 	}
-	ca, err := s.authn.verify(string(cmd.Token), s.clock.Load())
+	ca, err := s.authn.verify(string(cmd.Token), s.now())
 	if err != nil {
 		s.authn.refused.Add(1)
 		s.replyError(c, cmd, codec.CodeUnauthorized, tokenErrorText(err))

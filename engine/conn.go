@@ -243,6 +243,7 @@ func (c *Conn) writeNowLocked() {
 	done, progressed, err := c.writevLocked()
 	switch {
 	case err != nil:
+		c.srv.stats.writeErrors.Add(1)
 		c.failLocked()
 	case done:
 		c.blockedSince.Store(0)
@@ -251,7 +252,7 @@ func (c *Conn) writeNowLocked() {
 		}
 	default:
 		if progressed || c.blockedSince.Load() == 0 {
-			now := c.srv.clock.Load()
+			now := c.srv.now()
 			c.blockedSince.Store(now)
 			c.srv.wheel.scheduleBy(c, now+c.srv.cfg.WriteTimeout.Nanoseconds())
 		}
@@ -485,7 +486,7 @@ func (c *Conn) shutdownWriteLocked() {
 	if c.fdReleased {
 		return
 	}
-	now := c.srv.clock.Load()
+	now := c.srv.now()
 	c.closingSince.Store(now)
 	c.srv.wheel.scheduleBy(c, now+c.srv.cfg.CloseTimeout.Nanoseconds())
 	if err := unix.Shutdown(c.fd, unix.SHUT_WR); err != nil {
@@ -513,7 +514,7 @@ func (c *Conn) closeSocket() {
 // markPartial notes that the input kept in inbuf (a frame or request head
 // not complete yet) started now: FrameTimeout runs from here.
 func (c *Conn) markPartial() {
-	now := c.srv.clock.Load()
+	now := c.srv.now()
 	c.partialSince.Store(now)
 	c.srv.wheel.scheduleBy(c, now+c.srv.cfg.FrameTimeout.Nanoseconds())
 }

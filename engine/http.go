@@ -52,6 +52,11 @@ func (s *Server) httpHandler() http.Handler {
 			_, _ = io.WriteString(w, "draining\n")
 			return
 		}
+		if err := s.hub.BrokerHealth(); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, err.Error()+"\n")
+			return
+		}
 		_, _ = io.WriteString(w, "ready\n")
 	})
 	mux.HandleFunc("/ws", func(w http.ResponseWriter, _ *http.Request) {
@@ -403,6 +408,8 @@ func (s *Server) newMetricsHandler() http.Handler {
 	counter("writev_total", "Direct writev calls.", st.writevs.Load)
 	counter("socket_full_waits_total", "Times a socket was full and the write poller waited for it.", st.flushes.Load)
 	counter("write_timeouts_total", "Connections dropped because their socket took nothing for --write-timeout.", st.writeTimeouts.Load)
+	counter("write_errors_total", "Connections dropped because a write failed (the peer reset or vanished).", st.writeErrors.Load)
+	counter("close_timeouts_total", "Connections dropped because the peer did not close within --close-timeout of the server's close.", st.closeTimeouts.Load)
 	counter("slow_consumers_total", "Connections closed 1008 for a full write queue.", st.slowConsumers.Load)
 	counter("commands_rate_limited_total", "Commands refused rate_limited by the per-connection command rate.", st.rateLimited.Load)
 	counter("publish_bytes_limited_total", "Publishes refused rate_limited by --publish-bytes-per-second (per user, or per anonymous connection).", s.authn.publishLimited.Load)

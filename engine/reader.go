@@ -62,7 +62,7 @@ func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
 	if state == stateOpen {
 		// (In the handshake state lastActive stays the accept time, which
 		// HandshakeTimeout counts from.)
-		c.lastActive.Store(s.clock.Load())
+		c.lastActive.Store(s.now())
 		c.pingSent.Store(false)
 	}
 	b := in
@@ -88,8 +88,8 @@ func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
 	if state == stateHandshake && c.state.Load() == stateOpen {
 		// Upgraded: the idle clock starts (the wheel held the connection
 		// for the handshake deadline).
-		c.lastActive.Store(s.clock.Load())
-		s.wheel.scheduleBy(c, s.clock.Load()+s.cfg.IdleTimeout.Nanoseconds()/2)
+		c.lastActive.Store(s.now())
+		s.wheel.scheduleBy(c, s.now()+s.cfg.IdleTimeout.Nanoseconds()/2)
 	}
 	if used >= 0 && c.state.Load() == stateOpen {
 		used += s.readFrames(c, b[used:])
@@ -109,7 +109,7 @@ func (c *Conn) noteRead() {
 		// the event; netpoll_pin_test.go). So once a connection has been
 		// quiet for trimAfter, the sweeper releases again (trimInput), and
 		// an idle connection keeps no input buffer.
-		c.srv.wheel.scheduleBy(c, c.srv.clock.Load()+trimAfter.Nanoseconds())
+		c.srv.wheel.scheduleBy(c, c.srv.now()+trimAfter.Nanoseconds())
 	}
 	now := monotime()
 	if now-c.lastRead < int64(busyWindow) {

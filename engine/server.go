@@ -52,7 +52,6 @@ type Server struct {
 	stats    stats
 	metrics  http.Handler
 
-	clock atomic.Int64 // coarse unix nanos, advanced by the sweeper
 	// reassembly is the bytes all connections hold for messages not fully
 	// arrived, against MaxReassemblyBytes.
 	reassembly atomic.Int64
@@ -163,11 +162,10 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.authn = authn
-	s.clock.Store(time.Now().UnixNano())
 	s.registry.init()
 	s.wheel = newTimingWheel(s.sweepInterval(),
 		max(cfg.IdleTimeout/2, cfg.HandshakeTimeout, cfg.FrameTimeout, cfg.CloseTimeout, cfg.WriteTimeout, trimAfter),
-		s.clock.Load())
+		s.now())
 
 	maxReply := cfg.MaxReplyBytes
 	if maxReply == 0 { // room in the write queue for what is queued around a reply
@@ -314,6 +312,14 @@ func (s *Server) Addr() net.Addr {
 	return s.ln.Addr()
 }
 
+// now is the clock of every deadline (unix nanoseconds). It is read fresh,
+// once per read callback and on the rarer write-side events, never per
+// message: a clock advanced by the sweeper stamped activity with the time
+// of the sweeper's last tick, so a sweeper delayed past a timeout (a starved
+// process) then saw connections that were reading or writing all along as
+// idle or blocked, and dropped them mid-frame (TestStress, 30 minutes).
+func (s *Server) now() int64 { return time.Now().UnixNano() }
+
 // AdminAddr is the address of the admin port (valid after Start), nil
 // without Config.AdminAddr.
 func (s *Server) AdminAddr() net.Addr {
@@ -344,7 +350,7 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 	if l, ok := nc.(interface{ SetInputLimit(int) }); ok {
 		l.SetInputLimit(s.cfg.ReadAheadBytes)
 	}
-	c.lastActive.Store(s.clock.Load())
+	c.lastActive.Store(s.now())
 	_ = nc.AddCloseCallback(func(netpoll.Connection) error {
 		c.onClosed()
 		return nil

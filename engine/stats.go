@@ -23,6 +23,8 @@ type stats struct {
 	flushes           atomic.Uint64
 	slowConsumers     atomic.Uint64
 	writeTimeouts     atomic.Uint64
+	writeErrors       atomic.Uint64 // writev failures (the peer reset or vanished)
+	closeTimeouts     atomic.Uint64 // peers that did not close within CloseTimeout
 	sweepChecks       atomic.Uint64 // connections the sweeper visited
 	rateLimited       atomic.Uint64 // commands refused by the per-connection rate limit
 	closes            [closeCodeSlots]atomic.Uint64

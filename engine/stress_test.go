@@ -301,6 +301,14 @@ func TestStress(t *testing.T) {
 	run.mu.Lock()
 	t.Logf("lives by server/end: %v", sortedCounts(run.lives))
 	t.Logf("close codes received by server/code: %v", sortedCounts(run.closeCodes))
+	for _, sv := range []struct {
+		name string
+		s    *Server
+	}{{"echo", echoS}, {"pubsub", pubS}} {
+		st := &sv.s.stats
+		t.Logf("%s server drops: write timeouts %d, write errors %d, close timeouts %d, slow consumers %d",
+			sv.name, st.writeTimeouts.Load(), st.writeErrors.Load(), st.closeTimeouts.Load(), st.slowConsumers.Load())
+	}
 	t.Logf("streams that stopped mid-frame (allowed for dropped slow readers and client closes): %v", sortedCounts(run.truncated))
 	t.Logf("error replies: %v", sortedCounts(run.errReplies))
 	t.Logf("checked %d frames, %d bytes", run.frames, run.bytesIn)

@@ -127,8 +127,7 @@ func (s *Server) sweepInterval() time.Duration {
 	return min(max(d, 10*time.Millisecond), 500*time.Millisecond)
 }
 
-// sweep runs the wheel: each tick it advances the server clock and checks
-// the connections due.
+// sweep runs the wheel: each tick it checks the connections due.
 func (s *Server) sweep() {
 	t := time.NewTicker(s.sweepInterval())
 	defer t.Stop()
@@ -137,15 +136,14 @@ func (s *Server) sweep() {
 		select {
 		case <-s.closed:
 			return
-		case now := <-t.C:
-			s.clock.Store(now.UnixNano())
+		case <-t.C:
 		}
 		// Memory is sampled on upgrades and scrapes, and here, so that
 		// history is trimmed under pressure even when neither happens.
 		if s.adm.mem != nil {
 			s.adm.mem.overLimit(s.trimHistory, s.restoreHistory)
 		}
-		due = s.wheel.advance(s.clock.Load(), due[:0])
+		due = s.wheel.advance(s.now(), due[:0])
 		for i, c := range due {
 			s.checkConnSafe(c)
 			due[i] = nil
@@ -165,7 +163,7 @@ func (s *Server) checkConnSafe(c *Conn) {
 	s.checkConn(c)
 }
 
-// checkConn enforces c's deadlines as of the server clock and puts c back
+// checkConn enforces c's deadlines as of now and puts c back
 // in the wheel at its next one. It pings connections idle for half the idle
 // timeout and closes those idle for all of it (1001) or holding a frame or
 // message started more than FrameTimeout ago (1002); trims the input of busy
@@ -176,7 +174,7 @@ func (s *Server) checkConnSafe(c *Conn) {
 // refresh push before that.
 func (s *Server) checkConn(c *Conn) {
 	s.stats.sweepChecks.Add(1)
-	now := s.clock.Load()
+	now := s.now()
 	cfg := &s.cfg
 	idle := cfg.IdleTimeout.Nanoseconds()
 	lastActive := c.lastActive.Load()
@@ -219,13 +217,14 @@ func (s *Server) checkConn(c *Conn) {
 		switch {
 		case closing != 0 && due(closing+cfg.CloseTimeout.Nanoseconds()):
 			// The peer did not close its side in time.
+			s.stats.closeTimeouts.Add(1)
 			c.closeSocket()
 		case state == stateRejected && due(lastActive+cfg.HandshakeTimeout.Nanoseconds()):
 			c.closeSocket()
-		case due(lastActive + idle + cfg.WriteTimeout.Nanoseconds()):
-			// Backstop: the close frame never left.
-			c.closeSocket()
 		}
+		// A close frame still queued leaves as fast as the peer reads:
+		// a socket that takes nothing meets WriteTimeout (blockedSince,
+		// above), one that drains slowly is not cut mid-frame.
 	case stateHTTP, stateClosed:
 		return // no longer ours to time
 	}
