@@ -52,11 +52,6 @@ func (s *Server) httpHandler() http.Handler {
 			_, _ = io.WriteString(w, "draining\n")
 			return
 		}
-		if err := s.hub.BrokerHealth(); err != nil {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = io.WriteString(w, err.Error()+"\n")
-			return
-		}
 		_, _ = io.WriteString(w, "ready\n")
 	})
 	mux.HandleFunc("/ws", func(w http.ResponseWriter, _ *http.Request) {
