@@ -21,6 +21,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -80,6 +81,8 @@ type listener struct {
 	ln    net.Listener   // tcp|unix listener
 	pconn net.PacketConn // udp listener
 	file  *os.File
+
+	closed int32 // fanout patch: Close runs once
 }
 
 // Accept implements Listener.
@@ -119,7 +122,14 @@ func (ln *listener) UDPAccept() (net.Conn, error) {
 
 // Close implements Listener.
 func (ln *listener) Close() error {
-	if ln.fd != 0 {
+	// fanout patch: Close is idempotent, and ln.fd, which is ln.file's own
+	// descriptor when there is a file, is closed only once. Closing the
+	// number and then the file closed it twice, and the second close could
+	// hit a descriptor another goroutine had opened in between.
+	if !atomic.CompareAndSwapInt32(&ln.closed, 0, 1) {
+		return nil
+	}
+	if ln.fd != 0 && ln.file == nil {
 		syscall.Close(ln.fd)
 	}
 	if ln.file != nil {
