@@ -52,6 +52,11 @@ func (s *Server) httpHandler() http.Handler {
 			_, _ = io.WriteString(w, "draining\n")
 			return
 		}
+		if err := s.hub.BrokerHealth(); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, err.Error()+"\n")
+			return
+		}
 		_, _ = io.WriteString(w, "ready\n")
 	})
 	mux.HandleFunc("/ws", func(w http.ResponseWriter, _ *http.Request) {
@@ -252,6 +257,8 @@ func (s *Server) apiPublishOne(ctx context.Context, p *apiPublication) apiPublis
 		return fail(http.StatusRequestEntityTooLarge, "data larger than the maximum message size in some encoding")
 	case errors.Is(err, context.DeadlineExceeded):
 		return fail(http.StatusServiceUnavailable, "channel fan-out backlogged; retry later")
+	case errors.Is(err, hub.ErrUnavailable):
+		return fail(http.StatusServiceUnavailable, "broker unavailable; retry later")
 	}
 	s.log.Warn("api publish failed", "channel", p.Channel, "err", err)
 	return fail(http.StatusInternalServerError, "publish failed")

@@ -52,6 +52,7 @@ func run(args []string, stderr io.Writer) error {
 		anonChannels, anonPublish, devChannels, devPublish string
 
 		trustedProxies string
+		brokerURL      string
 	)
 	fs.StringVar(&cfg.Addr, "addr", ":8080", "TCP address to listen on")
 	fs.BoolVar(&cfg.ReusePort, "reuse-port", false, "set SO_REUSEPORT so several processes share the port")
@@ -85,6 +86,7 @@ func run(args []string, stderr io.Writer) error {
 	fs.Int64Var(&cfg.HistoryBytes, "history-bytes", 128<<20, "memory budget of all channels' history; oldest evicted first (negative: unbounded)")
 	fs.IntVar(&cfg.HistoryChannels, "history-channels", 100000, "most channels holding history; the least recently published loses it (negative: no cap)")
 	fs.IntVar(&cfg.MaxReplyBytes, "max-reply-bytes", 0, "largest subscribe/history reply (0: 3/4 of --write-queue-bytes, at most 786432; negative: no bound)")
+	fs.StringVar(&brokerURL, "broker", "", "cluster broker URL joining nodes into one system: redis://[user:password@]host:port[/db] or rediss:// (see docs/CLUSTER.md; empty: in-memory, single node)")
 	fs.StringVar(&cfg.APIKey, "api-key", "", "bearer key enabling POST /api/publish (unset: endpoint answers 404)")
 	fs.BoolVar(&cfg.Pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ (exposes internals; on --admin-addr when set)")
 	fs.StringVar(&cfg.AdminAddr, "admin-addr", "", "second address for /metrics, /healthz and --pprof (e.g. 127.0.0.1:9090); the public port then does not serve them")
@@ -132,9 +134,17 @@ func run(args []string, stderr io.Writer) error {
 	cfg.DevTokenChannels = splitList(devChannels)
 	cfg.DevTokenPublish = splitList(devPublish)
 	cfg.Logger = logger
+	if brokerURL != "" {
+		if cfg.Broker, err = newBroker(brokerURL, cfg, logger); err != nil {
+			return err
+		}
+	}
 
 	srv, err := engine.New(cfg)
 	if err != nil {
+		if cfg.Broker != nil {
+			_ = cfg.Broker.Close()
+		}
 		return err
 	}
 	if err := srv.Start(); err != nil {

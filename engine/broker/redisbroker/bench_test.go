@@ -1,0 +1,164 @@
+package redisbroker
+
+// Cost per publish (docs/CLUSTER.md):
+//
+//	go test -p 1 -run XXX -bench . -benchtime 5000x ./engine/broker/redisbroker
+//
+// REDISBROKER_FSYNC=everysec measures the default Redis durability instead
+// of appendfsync always.
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/fanout-dev/fanout/codec"
+	"github.com/fanout-dev/fanout/engine/hub"
+)
+
+func benchPub() *codec.Publication {
+	return &codec.Publication{
+		Info:    codec.ClientInfo{Client: "abcdefghijklmnop", User: "alice"},
+		JSON:    []byte(`{"text":"hello world, this is a chat message of typical size","n":12345}`),
+		Msgpack: []byte("\x82\xa4text\xd9\x3bhello world, this is a chat message of typical size\xa1n\xcd\x30\x39"),
+	}
+}
+
+type nopHandler struct{}
+
+func (nopHandler) HandlePublication(string, *codec.Publication) {}
+
+// latencyHandler records publish-to-delivery latency on another node.
+type latencyHandler struct {
+	mu    sync.Mutex
+	sent  map[uint64]time.Time
+	lat   []time.Duration
+	count atomic.Int64
+}
+
+func (h *latencyHandler) HandlePublication(_ string, p *codec.Publication) {
+	h.mu.Lock()
+	if t, ok := h.sent[p.Offset]; ok {
+		h.lat = append(h.lat, time.Since(t))
+	}
+	h.mu.Unlock()
+	h.count.Add(1)
+}
+
+// BenchmarkPublish: one publisher, one round trip per publish, with a
+// subscribed second node receiving every publication; reports the
+// publish-to-delivery latency on that node.
+func BenchmarkPublish(b *testing.B) {
+	r := startRedis(b)
+	pubNode := newTestBroker(b, r.URL, newRecorder(b), Config{})
+	lh := &latencyHandler{sent: make(map[uint64]time.Time, b.N)}
+	sub, err := New(Config{URL: r.URL, Logger: quietLogger()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	sub.Run(lh)
+	defer sub.Close()
+	if err := sub.Subscribe("bench"); err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		now := time.Now()
+		lh.mu.Lock()
+		lh.sent[uint64(i+1)] = now
+		lh.mu.Unlock()
+		if _, err := pubNode.Publish(ctx, "bench", benchPub()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	waitFor(b, 10*time.Second, func() error {
+		if lh.count.Load() < int64(b.N) {
+			return context.DeadlineExceeded
+		}
+		return nil
+	})
+	reportLatency(b, lh.lat)
+	b.ReportMetric(1, "RT/op")
+}
+
+func reportLatency(b *testing.B, lat []time.Duration) {
+	if len(lat) == 0 {
+		return
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-deliver-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-deliver-µs")
+}
+
+// BenchmarkPublishAlone: one publisher, no node subscribed (the script
+// without fan-out).
+func BenchmarkPublishAlone(b *testing.B) {
+	r := startRedis(b)
+	n := newTestBroker(b, r.URL, newRecorder(b), Config{})
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := n.Publish(ctx, "alone", benchPub()); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkPublishParallel: 64 publishers on one node, 64 channels, as a
+// busy node publishes (Redis pipelines nothing: each publish is its own
+// round trip, but they overlap).
+func BenchmarkPublishParallel(b *testing.B) {
+	r := startRedis(b)
+	n := newTestBroker(b, r.URL, newRecorder(b), Config{})
+	var ch atomic.Int64
+	b.SetParallelism(32)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		name := "p" + string(rune('a'+ch.Add(1)%26)) + string(rune('a'+ch.Load()/26))
+		for pb.Next() {
+			if _, err := n.Publish(context.Background(), name, benchPub()); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkHistory100: reading a channel's whole history (100
+// publications), as a recovery after a reconnect does.
+func BenchmarkHistory100(b *testing.B) {
+	r := startRedis(b)
+	n := newTestBroker(b, r.URL, newRecorder(b), Config{})
+	ctx := context.Background()
+	for range 100 {
+		if _, err := n.Publish(ctx, "h", benchPub()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		pubs, _, err := n.History(ctx, "h", &codec.StreamPosition{}, -1)
+		if err != nil || len(pubs) != 100 {
+			b.Fatal(len(pubs), err)
+		}
+	}
+}
+
+// BenchmarkMemoryBrokerPublish is the single-node default, for comparison.
+func BenchmarkMemoryBrokerPublish(b *testing.B) {
+	m := hub.NewMemoryBroker(hub.MemoryBrokerConfig{})
+	m.Run(nopHandler{})
+	defer m.Close()
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := m.Publish(ctx, "bench", benchPub()); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
