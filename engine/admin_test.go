@@ -71,3 +71,19 @@ func TestAdminAddr(t *testing.T) {
 		})
 	}
 }
+
+// TestUpgradeElsewhereIs404: a WebSocket handshake for a path other than /ws
+// gets 404, not the page at that path with 200 (RFC 6455 4.2.2).
+func TestUpgradeElsewhereIs404(t *testing.T) {
+	s := startServer(t, Config{})
+	for _, path := range []string{"/", "/index.html", "/healthz", "/metrics", "/ws/"} {
+		c := dialRaw(t, s)
+		c.write([]byte(upgradeRequest("GET", path)))
+		if resp := c.response(); resp.StatusCode != http.StatusNotFound {
+			t.Errorf("upgrade at %s: %s, want 404", path, resp.Status)
+		}
+	}
+	if got := get(t, "http://"+s.Addr().String()+"/healthz"); got != 200 {
+		t.Fatalf("plain /healthz: %d", got)
+	}
+}

@@ -66,7 +66,21 @@ func (s *Server) httpHandler() http.Handler {
 	})
 	s.routeAuth(mux)
 	mux.Handle("/", web.Handler())
-	return mux
+	return refuseStrayUpgrades(mux)
+}
+
+// refuseStrayUpgrades answers a WebSocket handshake for any path but /ws
+// with 404 (RFC 6455 4.2.2: a service that is not available gets an HTTP
+// error), instead of serving that path's page as if it were an upgrade
+// (the web app's HTML answered "GET / Upgrade: websocket" with 200).
+func refuseStrayUpgrades(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/ws" && strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+			http.Error(w, "no WebSocket endpoint at "+r.URL.Path+": connect to /ws", http.StatusNotFound)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // adminHandler routes the admin port (AdminAddr): health, metrics,
