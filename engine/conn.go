@@ -73,7 +73,6 @@ type Conn struct {
 	// with bytes waiting and took none of them, 0 when it is not full. The
 	// sweeper drops a socket blocked for longer than WriteTimeout.
 	blockedSince atomic.Int64
-	pingSent     atomic.Bool
 
 	// partialSince is the server clock when the input still incomplete
 	// began: the first fragment of a message being reassembled, else the
@@ -86,6 +85,10 @@ type Conn struct {
 	// may hold an input node that only a later Release drops (trimInput).
 	busy        atomic.Bool
 	trimPending atomic.Bool
+	pingSent    atomic.Bool // the idle ping went out; reset by a read
+	// fragOp is the opcode of the message being reassembled, 0 if none
+	// (reader, under rmu; here to share a word with the flags above).
+	fragOp ws.OpCode
 
 	// rmu is held by the reader (onRequest), by trimInput and by onClosed
 	// while it marks the connection closed: netpoll lets one goroutine at a
@@ -97,10 +100,9 @@ type Conn struct {
 	streak   int   // consecutive reads less than busyWindow apart
 	// inbuf holds input that is not a complete frame (or request head) yet;
 	// nil for a connection with no such input, i.e. nearly always.
-	inbuf  *bytebufferpool.ByteBuffer
-	fragOp ws.OpCode                  // opcode of the message being reassembled, 0 if none
-	frag   *bytebufferpool.ByteBuffer // reassembled fragments, nil when none
-	subs   []string                   // channels this connection subscribed to
+	inbuf *bytebufferpool.ByteBuffer
+	frag  *bytebufferpool.ByteBuffer // reassembled fragments, nil when none
+	subs  []string                   // channels this connection subscribed to
 	// httpHead holds the bytes read from a connection lent to net/http.
 	httpHead []byte
 
@@ -119,6 +121,9 @@ type Conn struct {
 	// descriptor, whose number may then name another socket. No system
 	// call touches c.fd after it.
 	fdReleased bool
+	// cmdStrikes counts rate-limited commands, less one per accepted
+	// command; at rateLimitStrikes the connection is closed 1008.
+	cmdStrikes uint16           // reader; here to share a word with the flags above
 	queue      []*wsframe.Frame // frames waiting for the socket, oldest first
 	partial    int              // bytes of queue[0] already written
 	queued     int              // bytes of the queue not yet written
@@ -140,9 +145,6 @@ type Conn struct {
 	// inCharged is how many bytes of inbuf are charged to the server's
 	// reassembly budget (MaxReassemblyBytes).
 	inCharged int32
-	// cmdStrikes counts rate-limited commands, less one per accepted
-	// command; at rateLimitStrikes the connection is closed 1008.
-	cmdStrikes uint16
 
 	// ipEntry is the client address's count this connection holds against
 	// MaxConnsPerIP (admission.go), nil when none; set by the upgrade,
