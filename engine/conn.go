@@ -89,6 +89,9 @@ type Conn struct {
 	// fragOp is the opcode of the message being reassembled, 0 if none
 	// (reader, under rmu; here to share a word with the flags above).
 	fragOp ws.OpCode
+	// streak counts consecutive reads less than busyWindow apart, up to
+	// busyStreak (reader, under rmu).
+	streak uint8
 
 	// rmu is held by the reader (onRequest), by trimInput and by onClosed
 	// while it marks the connection closed: netpoll lets one goroutine at a
@@ -97,14 +100,14 @@ type Conn struct {
 	rmu sync.Mutex
 	// reader, under rmu
 	lastRead int64 // monotonic nanos of the previous onRequest
-	streak   int   // consecutive reads less than busyWindow apart
 	// inbuf holds input that is not a complete frame (or request head) yet;
 	// nil for a connection with no such input, i.e. nearly always.
 	inbuf *bytebufferpool.ByteBuffer
 	frag  *bytebufferpool.ByteBuffer // reassembled fragments, nil when none
 	subs  []string                   // channels this connection subscribed to
-	// httpHead holds the bytes read from a connection lent to net/http.
-	httpHead []byte
+	// httpHead holds the bytes read from a connection lent to net/http
+	// (a pointer: rare, and every idle WebSocket would pay for a slice).
+	httpHead *[]byte
 
 	// The write side, under wmu. Every write is a non-blocking writev made
 	// with wmu held, so the bytes of a frame are never referenced by anyone
@@ -567,7 +570,7 @@ func (c *Conn) onClosed() {
 	c.dropFrag()
 	c.srv.connClosed(c, prev)
 	if prev == stateHTTP && c.httpHead != nil {
-		head := c.httpHead
+		head := *c.httpHead
 		c.httpHead = nil
 		// The poller may have read more of the request (a body arriving
 		// while onRequest detached the socket); the connection is off

@@ -77,7 +77,8 @@ func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
 		used, detach = s.handshake(c, b)
 		if detach {
 			// Lent to net/http, which gets every byte read so far.
-			c.httpHead = append([]byte(nil), b...)
+			head := append([]byte(nil), b...)
+			c.httpHead = &head
 			c.dropInbuf()
 			_ = r.Skip(n)
 			_ = r.Release()
@@ -113,7 +114,9 @@ func (c *Conn) noteRead() {
 	}
 	now := monotime()
 	if now-c.lastRead < int64(busyWindow) {
-		c.streak++
+		if c.streak < busyStreak {
+			c.streak++
+		}
 	} else {
 		c.streak = 0
 	}
