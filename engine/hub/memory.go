@@ -187,30 +187,10 @@ func NewMemoryBroker(cfg MemoryBrokerConfig) *MemoryBroker {
 		pressure:    -1,
 		stop:        make(chan struct{}),
 	}
-	switch {
-	case b.size == 0:
-		b.size = DefaultHistorySize
-	case b.size < 0:
-		b.size = 0
-	}
-	switch {
-	case b.ttl == 0:
-		b.ttl = DefaultHistoryTTL
-	case b.ttl < 0:
-		b.ttl = 0
-	}
-	switch {
-	case b.maxBytes == 0:
-		b.maxBytes = DefaultHistoryBytes
-	case b.maxBytes < 0:
-		b.maxBytes = 0
-	}
-	switch {
-	case b.maxChannels == 0:
-		b.maxChannels = DefaultHistoryChannels
-	case b.maxChannels < 0:
-		b.maxChannels = 0
-	}
+	b.size = zeroDefault(b.size, DefaultHistorySize)
+	b.ttl = zeroDefault(b.ttl, DefaultHistoryTTL)
+	b.maxBytes = zeroDefault(b.maxBytes, DefaultHistoryBytes)
+	b.maxChannels = zeroDefault(b.maxChannels, DefaultHistoryChannels)
 	if b.now == nil {
 		b.now = time.Now
 	}
@@ -703,4 +683,16 @@ func (b *MemoryBroker) Unsubscribe(ch string) error {
 		b.forgetIfIdle(ch)
 	}
 	return nil
+}
+
+// zeroDefault is the config rule of the history bounds: zero means the
+// default, negative means none (0 inside the broker).
+func zeroDefault[T ~int | ~int64](v, def T) T {
+	switch {
+	case v == 0:
+		return def
+	case v < 0:
+		return 0
+	}
+	return v
 }
