@@ -562,12 +562,16 @@ func (c *Conn) onClosed() {
 
 	c.rmu.Lock()
 	prev := c.state.Swap(stateClosed)
+	if prev != stateClosed {
+		// The reader's buffers are freed under its lock, like every other
+		// change to the reader's state.
+		c.dropInbuf()
+		c.dropFrag()
+	}
 	c.rmu.Unlock()
 	if prev == stateClosed {
 		return
 	}
-	c.dropInbuf()
-	c.dropFrag()
 	c.srv.connClosed(c, prev)
 	if prev == stateHTTP && c.httpHead != nil {
 		head := *c.httpHead

@@ -56,13 +56,18 @@
 //   - a presence push and a publication arrive in the order they were
 //     queued (a join queued by a Subscribe that completed before a
 //     publication was stored arrives before that publication);
-//   - a subscriber becomes a listener with its "activate" op, after its
-//     reply was sent: every presence push it gets follows its reply. A
-//     join queued before that op is not sent to it, but that client was
-//     already active, so it is in the Presence snapshot the subscriber can
-//     ask for afterwards; every join or leave queued after it is sent.
-//     A listener's own join is queued after its "activate" op (it gets it);
-//     its own leave after its "remove" op (it does not);
+//   - a subscriber becomes a listener with its "add" op, before its reply
+//     is sent; its shard keeps the pushes queued after that op with its
+//     buffered publications and hands them over after the reply, at
+//     "activate": every presence push it gets follows its reply, and it
+//     misses no join or leave of anyone who subscribes or leaves after it
+//     has read its reply (a listener counted only from "activate" missed
+//     the joins that came between its reply and its activation). A join
+//     queued before the "add" op is not sent to it, but that client was
+//     already present, so it is in the Presence snapshot the subscriber
+//     can ask for afterwards. A listener's own join is queued after its
+//     "activate" op (it gets it); its own leave after its "remove" op (it
+//     does not);
 //   - joins and leaves arrive in the order their Subscribe and
 //     Unsubscribe calls queued them.
 //

@@ -420,7 +420,15 @@ func (h *Hub) Subscribe(s Subscriber, req SubscribeRequest) error {
 	}
 	c.members[s] = m
 	c.addCounts(m, 1)
-	h.shards[m.shard].push(item{kind: opAdd, ch: c, sub: s, enc: enc})
+	if req.Presence {
+		// A listener from now on: presence pushes queued after the add op
+		// wait in s's shard with its publications and follow its reply,
+		// so s misses no join or leave of anyone who subscribes or leaves
+		// after s has seen its reply.
+		c.addListener(m)
+		h.listeners.Add(1)
+	}
+	h.shards[m.shard].push(item{kind: opAdd, ch: c, sub: s, enc: enc, listener: req.Presence})
 	c.mu.Unlock()
 	c.subMu.Unlock()
 	h.subscriptions.Add(1)
@@ -486,10 +494,6 @@ func (h *Hub) Subscribe(s Subscriber, req SubscribeRequest) error {
 		h.shards[m.shard].push(item{kind: opActivate, ch: c, sub: s, enc: enc, pos: pos, listener: req.Presence})
 		m.active = true
 		c.present++
-		if req.Presence {
-			c.addListener(m)
-			h.listeners.Add(1)
-		}
 		h.presencePush(c, true, m.info)
 	}
 	c.mu.Unlock()
@@ -532,12 +536,12 @@ func (h *Hub) remove(c *channel, s Subscriber, m *member) bool {
 	// Queued before the leave: s's shard stops delivering to s (presence
 	// included) before it sees its own leave.
 	h.shards[m.shard].push(item{kind: opRemove, ch: c, sub: s, enc: m.enc})
+	if m.listener {
+		c.removeListener(m)
+		h.listeners.Add(-1)
+	}
 	if m.active {
 		c.present--
-		if m.listener {
-			c.removeListener(m)
-			h.listeners.Add(-1)
-		}
 		h.presencePush(c, false, m.info)
 	}
 	last := len(c.members) == 0

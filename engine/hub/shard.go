@@ -87,14 +87,15 @@ func (l *local) empty() bool {
 // pendingSub is a subscriber whose subscribe reply is not out yet: what is
 // published meanwhile waits here (one frame reference each).
 type pendingSub struct {
-	sub Subscriber
-	enc codec.Encoding
-	buf []buffered
+	sub      Subscriber
+	enc      codec.Encoding
+	listener bool // buffers presence pushes too
+	buf      []buffered
 }
 
 type buffered struct {
 	f   *wsframe.Frame
-	pub *codec.Publication
+	pub *codec.Publication // nil for a presence push
 }
 
 // shard is one fan-out worker and its input queue.
@@ -230,7 +231,7 @@ func (sh *shard) process(items []item) {
 				it.ch.locals[sh.id] = l
 			}
 			sh.flush(l)
-			l.pending = append(l.pending, &pendingSub{sub: it.sub, enc: it.enc})
+			l.pending = append(l.pending, &pendingSub{sub: it.sub, enc: it.enc, listener: it.listener})
 		case opActivate:
 			if l != nil {
 				sh.flush(l)
@@ -283,30 +284,50 @@ func (sh *shard) flushPresence(l *local) {
 	}
 	for e := range l.listen {
 		ls := l.listen[e]
+		// Pending listeners (reply not out yet) keep the pushes with
+		// their buffered publications, in queue order.
+		np := 0
+		for _, p := range l.pending {
+			if p.listener && int(p.enc)-1 == e {
+				np++
+			}
+		}
+		n := len(ls) + np
 		fs := sh.scratch[:0]
 		for _, d := range ds {
 			f := d.frames[e]
 			switch {
 			case f == nil:
 				continue
-			case len(ls) == 0:
+			case n == 0:
 				f.Release()
 				continue
-			case len(ls) > 1:
-				f.Retain(len(ls) - 1)
+			case n > 1:
+				f.Retain(n - 1)
 			}
 			fs = append(fs, f)
 		}
-		switch len(fs) {
-		case 0:
+		if len(fs) == 0 {
 			continue
-		case 1:
+		}
+		switch {
+		case len(ls) == 0:
+		case len(fs) == 1:
 			for _, s := range ls {
 				s.Send(fs[0])
 			}
 		default:
 			for _, s := range ls {
 				s.SendBatch(fs)
+			}
+		}
+		if np > 0 {
+			for _, p := range l.pending {
+				if p.listener && int(p.enc)-1 == e {
+					for _, f := range fs {
+						p.buf = append(p.buf, buffered{f: f})
+					}
+				}
 			}
 		}
 		sh.presence.Add(uint64(len(ls) * len(fs)))
@@ -404,9 +425,14 @@ func (sh *shard) activate(l *local, it *item) {
 	}
 	fs := sh.scratch[:0]
 	for _, b := range p.buf {
-		if b.pub.Epoch == it.pos.Epoch && b.pub.Offset <= it.pos.Offset {
+		// Publications the reply's position covers are dropped; presence
+		// pushes (no pub) are all kept.
+		if b.pub != nil && b.pub.Epoch == it.pos.Epoch && b.pub.Offset <= it.pos.Offset {
 			b.f.Release()
 			continue
+		}
+		if b.pub == nil {
+			sh.presence.Add(1)
 		}
 		fs = append(fs, b.f)
 	}
