@@ -293,34 +293,11 @@ func (sh *shard) flushPresence(l *local) {
 			}
 		}
 		n := len(ls) + np
-		fs := sh.scratch[:0]
-		for _, d := range ds {
-			f := d.frames[e]
-			switch {
-			case f == nil:
-				continue
-			case n == 0:
-				f.Release()
-				continue
-			case n > 1:
-				f.Retain(n - 1)
-			}
-			fs = append(fs, f)
-		}
+		fs := sh.share(ds, e, n)
 		if len(fs) == 0 {
 			continue
 		}
-		switch {
-		case len(ls) == 0:
-		case len(fs) == 1:
-			for _, s := range ls {
-				s.Send(fs[0])
-			}
-		default:
-			for _, s := range ls {
-				s.SendBatch(fs)
-			}
-		}
+		sendAll(ls, fs)
 		if np > 0 {
 			for _, p := range l.pending {
 				if p.listener && int(p.enc)-1 == e {
@@ -336,6 +313,43 @@ func (sh *shard) flushPresence(l *local) {
 	}
 	clear(ds)
 	l.prun = ds[:0]
+}
+
+// share takes, for n receivers, one reference of each frame of ds in
+// encoding e (one Retain per frame for them all) and returns those frames
+// in sh.scratch; a frame that nobody receives is released.
+func (sh *shard) share(ds []*delivery, e, n int) []*wsframe.Frame {
+	fs := sh.scratch[:0]
+	for _, d := range ds {
+		f := d.frames[e]
+		switch {
+		case f == nil:
+			continue
+		case n == 0:
+			f.Release()
+			continue
+		case n > 1:
+			f.Retain(n - 1)
+		}
+		fs = append(fs, f)
+	}
+	return fs
+}
+
+// sendAll hands fs (one reference each per receiver, taken by share) to
+// every receiver: one Send for one frame, else one SendBatch (one writev).
+func sendAll(receivers []Subscriber, fs []*wsframe.Frame) {
+	switch len(fs) {
+	case 0:
+	case 1:
+		for _, s := range receivers {
+			s.Send(fs[0])
+		}
+	default:
+		for _, s := range receivers {
+			s.SendBatch(fs)
+		}
+	}
 }
 
 // flushPubs sends l's queued publications to its subscribers: per
@@ -355,33 +369,13 @@ func (sh *shard) flushPubs(l *local) {
 			}
 		}
 		n := len(subs) + np
-		fs := sh.scratch[:0]
-		for _, d := range ds {
-			f := d.frames[e]
-			switch {
-			case f == nil:
-				continue
-			case n == 0:
-				f.Release()
-				continue
-			case n > 1:
-				f.Retain(n - 1)
-			}
-			fs = append(fs, f)
-		}
+		fs := sh.share(ds, e, n)
 		if len(fs) == 0 {
 			continue
 		}
 		if len(subs) > 0 {
-			if len(fs) == 1 {
-				f := fs[0]
-				for _, s := range subs {
-					s.Send(f)
-				}
-			} else {
-				for _, s := range subs {
-					s.SendBatch(fs)
-				}
+			sendAll(subs, fs)
+			if len(fs) > 1 {
 				sh.batches.Add(uint64(len(subs)))
 			}
 			sh.sends.Add(uint64(len(subs)))
