@@ -42,6 +42,9 @@ var (
 	ErrRateLimited  = &Error{Code: codec.CodeRateLimited, Message: "rate limited"}
 	ErrTooLarge     = &Error{Code: codec.CodeTooLarge, Message: "too large"}
 	ErrInternal     = &Error{Code: codec.CodeInternal, Message: "internal error"}
+	// ErrUnavailable: the server's cluster broker is unreachable; the
+	// command may succeed later.
+	ErrUnavailable = &Error{Code: codec.CodeUnavailable, Message: "broker unavailable"}
 )
 
 var (
@@ -136,8 +139,9 @@ func parseRetryAfter(reason string) (time.Duration, bool) {
 
 // HandshakeError is a connection attempt the server refused with an HTTP
 // status instead of upgrading. errors.Is matches 400 to ErrBadRequest, 401
-// to ErrUnauthorized, 403 to ErrForbidden, 413 to ErrTooLarge and 429 to
-// ErrRateLimited.
+// to ErrUnauthorized, 403 to ErrForbidden, 413 to ErrTooLarge, 429 to
+// ErrRateLimited and 503 (server full, draining or short of memory) to
+// ErrUnavailable.
 type HandshakeError struct {
 	StatusCode int
 	Body       string // the start of the response body, if any
@@ -165,6 +169,8 @@ func (e *HandshakeError) Is(target error) bool {
 		s = ErrTooLarge
 	case http.StatusTooManyRequests:
 		s = ErrRateLimited
+	case http.StatusServiceUnavailable:
+		s = ErrUnavailable
 	default:
 		return false
 	}

@@ -46,6 +46,8 @@ const (
 	CodeRateLimited  = "rate_limited"
 	CodeTooLarge     = "too_large"
 	CodeInternal     = "internal"
+	// CodeUnavailable: the cluster broker cannot be reached; retry later.
+	CodeUnavailable = "unavailable"
 )
 
 // Push kinds of server pushes.

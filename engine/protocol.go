@@ -299,7 +299,7 @@ func (s *Server) replyHubError(c *Conn, cmd *codec.Command, err error) {
 	case errors.Is(err, hub.ErrTooLarge):
 		s.replyError(c, cmd, codec.CodeTooLarge, "data larger than the maximum message size in some encoding")
 	case errors.Is(err, hub.ErrUnavailable):
-		s.replyError(c, cmd, "unavailable", "broker unavailable, retry later") // PROTOCOL.md's unavailable code
+		s.replyError(c, cmd, codec.CodeUnavailable, "broker unavailable, retry later")
 	default:
 		s.log.Warn("command failed", "op", cmd.Op.String(), "channel", string(cmd.Channel), "err", err)
 		s.replyError(c, cmd, codec.CodeInternal, "internal error")
