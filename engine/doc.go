@@ -106,8 +106,10 @@
 //     connections keep no input buffer);
 //   - netpoll's Writer does not copy chunks over 4 KiB (the reason the
 //     engine never hands it frame bytes);
-//   - third_party's patch: SetInputLimit stops reading a socket while that
-//     much input is unread (ReadAheadBytes) and a Release resumes it.
+//   - third_party's patches (third_party/README.md): SetInputLimit stops
+//     reading a socket while that much input is unread (ReadAheadBytes) and
+//     a Release resumes it (readahead_test.go); the listener closes its
+//     descriptor once; the writev barrier is taken per flush.
 //
 // Code that runs on netpoll's poller goroutine (runCallback) never waits:
 // no netpoll Close (it would free the connection's poller state from inside
