@@ -377,7 +377,7 @@ func (c *Conn) armLocked() {
 		c.failLocked()
 		return
 	}
-	c.srv.stats.flushes.Add(1)
+	c.srv.stats.socketFullWaits.Add(1)
 }
 
 // onWritable runs on the write poller once an armed socket can take more

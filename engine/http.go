@@ -422,7 +422,7 @@ func (s *Server) newMetricsHandler() http.Handler {
 	counter("messages_received_total", "WebSocket data messages received.", st.messagesIn.Load)
 	counter("command_errors_total", "Error replies sent.", st.commandErrors.Load)
 	counter("writev_total", "Direct writev calls.", st.writevs.Load)
-	counter("socket_full_waits_total", "Times a socket was full and the write poller waited for it.", st.flushes.Load)
+	counter("socket_full_waits_total", "Times a socket was full and the write poller waited for it.", st.socketFullWaits.Load)
 	counter("write_timeouts_total", "Connections dropped because their socket took nothing for --write-timeout.", st.writeTimeouts.Load)
 	counter("write_errors_total", "Connections dropped because a write failed (the peer reset or vanished).", st.writeErrors.Load)
 	counter("close_timeouts_total", "Connections dropped because the peer did not close within --close-timeout of the server's close.", st.closeTimeouts.Load)

@@ -120,6 +120,8 @@ func (c *Conn) noteRead() {
 	} else {
 		c.streak = 0
 	}
+	// The time of this read: the rate buckets of the commands it carries
+	// use it too (allowCommand, allowPublish), one clock read for all.
 	c.lastRead = now
 	c.busy.Store(c.streak >= busyStreak)
 }

@@ -20,7 +20,7 @@ type stats struct {
 	messagesIn        atomic.Uint64
 	commandErrors     atomic.Uint64
 	writevs           atomic.Uint64
-	flushes           atomic.Uint64
+	socketFullWaits   atomic.Uint64 // times the write poller was armed for a full socket
 	slowConsumers     atomic.Uint64
 	writeTimeouts     atomic.Uint64
 	writeErrors       atomic.Uint64 // writev failures (the peer reset or vanished)
