@@ -16,13 +16,6 @@
 # Per step, OUTDIR gets the flood's JSON, its HTML report and its table, and
 # summary.txt one line per run.
 set -euo pipefail
-# The flood's publishers send at full rate: lift fanout's per-connection
-# command rate limit (100/s by default) and publish byte rate (1 MiB/s per
-# user or anonymous connection), which are for untrusted clients.
-# Environment variables, so that older fanout binaries (PREBUILT) ignore
-# them.
-export FANOUT_COMMAND_RATE=-1
-export FANOUT_PUBLISH_BYTES_PER_SECOND=-1
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh

@@ -15,13 +15,6 @@
 #   echo/s        echoes per second, $ECHO_CONNS connections, 1 KiB, one in flight each
 #                 (median of $ECHO_ROUNDS interleaved rounds)
 set -euo pipefail
-# The flood's publishers send at full rate: lift fanout's per-connection
-# command rate limit (100/s by default) and publish byte rate (1 MiB/s per
-# user or anonymous connection), which are for untrusted clients.
-# Environment variables, so that older fanout binaries (PREBUILT) ignore
-# them.
-export FANOUT_COMMAND_RATE=-1
-export FANOUT_PUBLISH_BYTES_PER_SECOND=-1
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
@@ -41,16 +34,8 @@ mkdir -p "$OUT"
 
 # PREBUILT=dir uses binaries built elsewhere (fanout, flood, idlerss, gorilla,
 # gws, nbio), for a machine without Go.
-if [ -n "${PREBUILT:-}" ]; then
-  BIN=$PREBUILT
-else
-  BIN=$(mktemp -d)
-  echo "building into $BIN" >&2
-  go build -o "$BIN/fanout" ./cmd/fanout
-  go build -o "$BIN/flood" ./cmd/flood
-  go build -o "$BIN/idlerss" ./bench/idlerss
-  (cd bench/peers && go build -o "$BIN/" ./...)
-fi
+build_bins
+if [ -z "${PREBUILT:-}" ]; then (cd bench/peers && go build -o "$BIN/" ./...); fi
 
 PIDS=()
 cleanup() {

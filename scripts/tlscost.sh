@@ -37,15 +37,7 @@ SOURCES=${SOURCES:-127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5,127.0.0.6,127.0.0.7,1
 OUT=${OUT:-bench/results/tls-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 
-if [ -n "${PREBUILT:-}" ]; then
-  BIN=$PREBUILT
-else
-  BIN=$(mktemp -d)
-  echo "building into $BIN" >&2
-  go build -o "$BIN/fanout" ./cmd/fanout
-  go build -o "$BIN/flood" ./cmd/flood
-  go build -o "$BIN/idlerss" ./bench/idlerss
-fi
+build_bins
 CERTS=$(mktemp -d)
 # A self-signed ECDSA P-256 certificate (Go's own generator), or
 # PREBUILT's cert.pem and key.pem.
