@@ -267,6 +267,18 @@ func (sh *shard) flushAll() {
 	sh.touched = sh.touched[:0]
 }
 
+// pendingIn counts l's pending subscribers of encoding index e (only the
+// presence listeners among them with listeners).
+func (l *local) pendingIn(e int, listeners bool) int {
+	n := 0
+	for _, p := range l.pending {
+		if int(p.enc)-1 == e && (p.listener || !listeners) {
+			n++
+		}
+	}
+	return n
+}
+
 // flush sends what l has queued (at most one of the two runs is not
 // empty).
 func (sh *shard) flush(l *local) {
@@ -286,12 +298,7 @@ func (sh *shard) flushPresence(l *local) {
 		ls := l.listen[e]
 		// Pending listeners (reply not out yet) keep the pushes with
 		// their buffered publications, in queue order.
-		np := 0
-		for _, p := range l.pending {
-			if p.listener && int(p.enc)-1 == e {
-				np++
-			}
-		}
+		np := l.pendingIn(e, true)
 		n := len(ls) + np
 		fs := sh.share(ds, e, n)
 		if len(fs) == 0 {
@@ -362,12 +369,7 @@ func (sh *shard) flushPubs(l *local) {
 	}
 	for e := range l.subs {
 		subs := l.subs[e]
-		np := 0
-		for _, p := range l.pending {
-			if int(p.enc)-1 == e {
-				np++
-			}
-		}
+		np := l.pendingIn(e, false)
 		n := len(subs) + np
 		fs := sh.share(ds, e, n)
 		if len(fs) == 0 {
