@@ -162,6 +162,16 @@ type Config struct {
 	RetryAfterMin    time.Duration
 	RetryAfterSpread time.Duration
 
+	// Compression says whether permessage-deflate (RFC 7692) is
+	// negotiated with clients that offer it. If zero (CompressionDefault),
+	// CompressionOn (chosen from the measurements in bench/README.md).
+	Compression CompressionMode
+	// CompressionMinBytes: messages whose payload is shorter are sent
+	// uncompressed even to clients that negotiated compression (deflate
+	// costs more than it saves on small messages). If zero, 256; if
+	// negative, every message is compressed.
+	CompressionMinBytes int
+
 	// Echo makes the server echo every data message verbatim and speak no
 	// protocol of its own (for conformance suites such as Autobahn).
 	Echo bool
@@ -260,6 +270,18 @@ type Config struct {
 	// Logger receives the server's logs. If nil, slog.Default().
 	Logger *slog.Logger
 }
+
+// CompressionMode is Config.Compression.
+type CompressionMode uint8
+
+const (
+	// CompressionDefault is the zero value: CompressionOn.
+	CompressionDefault CompressionMode = iota
+	// CompressionOff declines every permessage-deflate offer.
+	CompressionOff
+	// CompressionOn accepts a valid permessage-deflate offer.
+	CompressionOn
+)
 
 func (c Config) withDefaults() Config {
 	if c.Addr == "" {
