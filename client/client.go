@@ -15,7 +15,8 @@ import (
 // Client is a connection to a fanout server that reconnects by itself. Its
 // methods are safe for concurrent use.
 type Client struct {
-	url    string
+	urls   []string     // the url given to Dial, then Options.URLs
+	cur    atomic.Int64 // index in urls of the server connected to, or to try next
 	opts   Options
 	log    *slog.Logger
 	bo     backoff
@@ -45,14 +46,17 @@ type Client struct {
 // returns once the connection is up and the server's connected push has
 // arrived. A failed first attempt is returned as is (a *HandshakeError when
 // the server refused the upgrade); later losses are handled by reconnecting.
-// ctx bounds only this first attempt.
+// ctx bounds only this first attempt. With Options.URLs, Dial tries url and
+// then each of them once, in order, until one connects (a handshake refused
+// for good, such as HTTP 401, ends it at once); when none does, the error
+// joins every attempt's.
 func Dial(ctx context.Context, url string, opts Options) (*Client, error) {
 	o, err := opts.withDefaults()
 	if err != nil {
 		return nil, err
 	}
 	cl := &Client{
-		url:      url,
+		urls:     append([]string{url}, o.URLs...),
 		opts:     o,
 		log:      o.Logger,
 		bo:       backoff{min: o.Reconnect.MinBackoff, max: o.Reconnect.MaxBackoff},
@@ -62,15 +66,37 @@ func Dial(ctx context.Context, url string, opts Options) (*Client, error) {
 		loopDone: make(chan struct{}),
 	}
 	cl.ctx, cl.cancel = context.WithCancel(context.Background())
-	cn, err := cl.connect(ctx)
+	var (
+		cn   *conn
+		errs []error
+	)
+	for i, u := range cl.urls {
+		cl.cur.Store(int64(i))
+		if cn, err = cl.connect(ctx, u); err == nil {
+			break
+		}
+		errs = append(errs, err)
+		var he *HandshakeError
+		if ctx.Err() != nil || errors.As(err, &he) && he.permanent() {
+			break
+		}
+	}
 	if err != nil {
 		cl.cancel()
+		if len(errs) > 1 {
+			err = errors.Join(errs...)
+		}
 		return nil, err
 	}
 	cl.activate(cn)
 	go cl.loop(cn)
 	return cl, nil
 }
+
+// URL is the URL of the server the client is connected to (while
+// disconnected, the one it tries next): the url given to Dial or one of
+// Options.URLs.
+func (cl *Client) URL() string { return cl.urls[cl.cur.Load()] }
 
 // ID is the client id the server gave the current connection (the last one
 // while disconnected). It changes on reconnect.
@@ -189,7 +215,7 @@ func (cl *Client) activate(cn *conn) bool {
 	for _, s := range subs {
 		s.subscribeOn(cn)
 	}
-	cl.log.Info("fanout: connected", "url", cl.url, "client", cn.info.Client, "user", cn.info.User, "resubscribed", len(subs))
+	cl.log.Info("fanout: connected", "url", cl.URL(), "client", cn.info.Client, "user", cn.info.User, "resubscribed", len(subs))
 	cl.setState(StateConnected, nil, 0)
 	return true
 }
@@ -218,7 +244,7 @@ func (cl *Client) loop(cn *conn) {
 		if time.Since(cn.started) >= stableAfter {
 			attempt = 0
 		}
-		cl.log.Info("fanout: disconnected", "url", cl.url, "err", cause)
+		cl.log.Info("fanout: disconnected", "url", cl.URL(), "err", cause)
 		if cl.opts.Reconnect.Disabled {
 			cl.shutdown(cause)
 			return
@@ -230,7 +256,7 @@ func (cl *Client) loop(cn *conn) {
 				return
 			}
 			cl.setState(StateDisconnected, cause, delay)
-			cl.log.Debug("fanout: reconnecting", "url", cl.url, "in", delay)
+			cl.log.Debug("fanout: reconnecting", "url", cl.URL(), "in", delay)
 			t := time.NewTimer(delay)
 			select {
 			case <-t.C:
@@ -239,7 +265,7 @@ func (cl *Client) loop(cn *conn) {
 				return
 			}
 			cl.setState(StateConnecting, nil, 0)
-			next, err := cl.connect(cl.ctx)
+			next, err := cl.connect(cl.ctx, cl.URL())
 			if err == nil {
 				if !cl.activate(next) {
 					return
@@ -250,12 +276,14 @@ func (cl *Client) loop(cn *conn) {
 			if cl.isClosed() {
 				return
 			}
-			cl.log.Info("fanout: connection attempt failed", "url", cl.url, "err", err)
+			cl.log.Info("fanout: connection attempt failed", "url", cl.URL(), "err", err)
 			var he *HandshakeError
 			if errors.As(err, &he) && he.permanent() {
 				cl.shutdown(err)
 				return
 			}
+			// The next attempt goes to the next server (Options.URLs).
+			cl.cur.Store((cl.cur.Load() + 1) % int64(len(cl.urls)))
 			cause = err
 		}
 	}
@@ -291,7 +319,7 @@ func (cl *Client) shutdown(reason error) {
 	for _, s := range subs {
 		s.end(err, false)
 	}
-	cl.log.Info("fanout: client closed", "url", cl.url, "err", reason)
+	cl.log.Info("fanout: client closed", "url", cl.URL(), "err", reason)
 }
 
 // setState records a state change and queues it for OnStateChange.
@@ -352,7 +380,7 @@ func (cl *Client) pingLoop(cn *conn) {
 		_, err := cl.doOn(ctx, cn, &codec.Command{Op: codec.OpPing})
 		cancel()
 		if errors.Is(err, context.DeadlineExceeded) {
-			cl.log.Warn("fanout: ping timeout", "url", cl.url, "timeout", cl.opts.PingTimeout)
+			cl.log.Warn("fanout: ping timeout", "url", cl.URL(), "timeout", cl.opts.PingTimeout)
 			cn.kill(&CloseError{Code: CloseAbnormal, Err: fmt.Errorf("no ping reply within %v", cl.opts.PingTimeout)})
 			return
 		}

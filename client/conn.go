@@ -68,9 +68,9 @@ type conn struct {
 	done    chan struct{}
 }
 
-// connect opens one connection: dial, upgrade, connected push. The reader is
-// not started.
-func (cl *Client) connect(ctx context.Context) (*conn, error) {
+// connect opens one connection to url: dial, upgrade, connected push. The
+// reader is not started.
+func (cl *Client) connect(ctx context.Context, url string) (*conn, error) {
 	o := &cl.opts
 	start := time.Now()
 	hdr := o.Header.Clone()
@@ -91,7 +91,7 @@ func (cl *Client) connect(ctx context.Context) (*conn, error) {
 			refused = &HandshakeError{StatusCode: status, Body: readErrorBody(resp)}
 		},
 	}
-	nc, br, hs, err := d.Dial(ctx, cl.url)
+	nc, br, hs, err := d.Dial(ctx, url)
 	if err != nil {
 		var se ws.StatusError
 		if errors.As(err, &se) {
@@ -103,12 +103,12 @@ func (cl *Client) connect(ctx context.Context) (*conn, error) {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		return nil, fmt.Errorf("fanout: dial %s: %w", cl.url, err)
+		return nil, fmt.Errorf("fanout: dial %s: %w", url, err)
 	}
 	// A server that names no subprotocol speaks JSON (PROTOCOL.md).
 	if hs.Protocol == "" && o.Encoding != codec.JSON {
 		nc.Close()
-		return nil, fmt.Errorf("fanout: dial %s: server did not accept subprotocol %s", cl.url, o.Encoding.Subprotocol())
+		return nil, fmt.Errorf("fanout: dial %s: server did not accept subprotocol %s", url, o.Encoding.Subprotocol())
 	}
 	src := io.Reader(br)
 	if br == nil {
@@ -149,7 +149,7 @@ func (cl *Client) connect(ctx context.Context) (*conn, error) {
 		if err == nil {
 			err = errors.New("first message is not the connected push")
 		}
-		return nil, fmt.Errorf("fanout: dial %s: %w", cl.url, err)
+		return nil, fmt.Errorf("fanout: dial %s: %w", url, err)
 	}
 	cn.info = m.Info
 	cn.started = time.Now()

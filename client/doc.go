@@ -13,6 +13,11 @@
 // *GapError (errors.Is(err, ErrHistoryLost)) and continues from the new
 // position.
 //
+// Options.URLs lists more servers (the other nodes of a cluster): a failed
+// connection attempt moves on to the next one, so a client whose node dies
+// reconnects to another and recovers its subscriptions there from the
+// cluster's shared history.
+//
 // Error replies become *Error values that match the sentinels ErrBadRequest,
 // ErrUnknownOp, ErrUnauthorized, ErrForbidden, ErrRateLimited, ErrTooLarge
 // and ErrInternal with errors.Is; the end of a connection is a *CloseError.

@@ -39,6 +39,16 @@ type Options struct {
 	// when Token is set). Default: none.
 	Header http.Header
 
+	// URLs are more servers to connect to, after the url given to Dial: the
+	// other nodes of a cluster (docs/CLUSTER.md), so that the client
+	// survives the loss of the node it is on. Dial tries each in turn until
+	// one connects. After a lost connection the client first tries the
+	// server it was on again; each failed attempt moves on to the next URL
+	// (round-robin, with the usual backoff before every attempt), and
+	// subscriptions recover on whichever server it lands on: the servers
+	// must share one broker, or recovery reports a *GapError. Default: none.
+	URLs []string
+
 	// Reconnect configures reconnection after a lost connection. Default:
 	// enabled, 250ms to 30s.
 	Reconnect ReconnectOptions

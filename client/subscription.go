@@ -151,8 +151,9 @@ func (s *Subscription) Position() codec.StreamPosition {
 
 // Err says why the subscription ended once C is closed: nil after
 // Unsubscribe, ErrClosed after the Client closed, or the *Error with which
-// the server refused to resubscribe. It is nil while the subscription is
-// active.
+// the server refused to resubscribe (rate_limited, internal and
+// unavailable refusals are retried with backoff instead). It is nil while
+// the subscription is active.
 func (s *Subscription) Err() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -287,7 +288,11 @@ func (s *Subscription) onReply(cn *conn, m *codec.ServerMessage) {
 	}
 	if m.ErrorCode != "" {
 		err := replyError(m)
-		retry := !s.isFirst && (m.ErrorCode == codec.CodeRateLimited || m.ErrorCode == codec.CodeInternal)
+		// Transient refusals are retried: unavailable is what a cluster
+		// node answers while it cannot reach its broker (a node that just
+		// took over a dead one's clients may be such a node).
+		retry := !s.isFirst && (m.ErrorCode == codec.CodeRateLimited || m.ErrorCode == codec.CodeInternal ||
+			m.ErrorCode == codec.CodeUnavailable)
 		if retry {
 			delay := s.cl.bo.delay(s.retries+1, nil)
 			s.retries++

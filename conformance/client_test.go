@@ -235,6 +235,9 @@ type dialOpts struct {
 	piece      int
 	pause      time.Duration
 	pauseEvery int
+	// extensions is the Sec-WebSocket-Extensions header offered; empty:
+	// none (the response must then accept none).
+	extensions string
 }
 
 type client struct {
@@ -248,6 +251,18 @@ type client struct {
 	frag   []byte
 	// writeErr is set once the server refused more input.
 	writeErr error
+	// accepted is the Sec-WebSocket-Extensions the server answered;
+	// deflate: it accepted permessage-deflate, so RSV1 marks compressed
+	// messages (compression_test.go checks what it accepted).
+	accepted string
+	deflate  bool
+	// fragCompressed: the unfinished fragmented message is compressed.
+	fragCompressed bool
+	// compressedIn counts compressed messages received; window is the
+	// inflate context kept when the server did not promise
+	// server_no_context_takeover.
+	compressedIn int
+	window       []byte
 }
 
 func dial(t testing.TB, addr string) *client { return dialWith(t, addr, dialOpts{}) }
@@ -277,7 +292,7 @@ func dialWith(t testing.TB, addr string, o dialOpts) *client {
 		r = &slowReader{r: nc, piece: o.piece, pause: o.pause, every: o.pauseEvery}
 	}
 	c := &client{t: t, nc: nc, br: bufio.NewReaderSize(r, 4096), timeout: readTimeout}
-	c.handshake()
+	c.handshake(o.extensions)
 	return c
 }
 
@@ -306,13 +321,17 @@ func (s *slowReader) Read(p []byte) (int, error) {
 
 const acceptGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
-func (c *client) handshake() {
+func (c *client) handshake(extensions string) {
 	c.t.Helper()
 	var k [16]byte
 	_, _ = rand.Read(k[:])
 	key := base64.StdEncoding.EncodeToString(k[:])
 	req := "GET " + wsPath + " HTTP/1.1\r\nHost: " + c.nc.RemoteAddr().String() + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-		"Sec-WebSocket-Key: " + key + "\r\nSec-WebSocket-Version: 13\r\n\r\n"
+		"Sec-WebSocket-Key: " + key + "\r\nSec-WebSocket-Version: 13\r\n"
+	if extensions != "" {
+		req += "Sec-WebSocket-Extensions: " + extensions + "\r\n"
+	}
+	req += "\r\n"
 	_ = c.nc.SetDeadline(time.Now().Add(c.timeout))
 	defer c.nc.SetDeadline(time.Time{})
 	if _, err := c.nc.Write([]byte(req)); err != nil {
@@ -333,10 +352,16 @@ func (c *client) handshake() {
 	if !strings.EqualFold(resp.Header.Get("Upgrade"), "websocket") {
 		c.t.Fatalf("handshake: Upgrade %q", resp.Header.Get("Upgrade"))
 	}
-	if e := resp.Header.Get("Sec-WebSocket-Extensions"); e != "" {
+	e := strings.Join(resp.Header.Values("Sec-WebSocket-Extensions"), ", ")
+	if e != "" && extensions == "" {
 		// No extension was offered: none may be accepted (RFC 6455 9.1),
 		// and RSV1 stays reserved on this connection.
 		c.t.Fatalf("handshake: extension %q accepted without an offer", e)
+	}
+	c.accepted = e
+	c.deflate = e != ""
+	if c.deflate {
+		checkDeflateResponse(c.t, extensions, e)
 	}
 }
 
@@ -466,7 +491,17 @@ func (c *client) next() (event, error) {
 		if hb[1]&0x80 != 0 {
 			c.t.Fatalf("server sent a masked frame (RFC 6455 5.1)")
 		}
-		if rsv != 0 {
+		compressed := false
+		switch {
+		case rsv == 0:
+		case rsv == 0x40 && c.deflate:
+			if op != ws.OpText && op != ws.OpBinary {
+				c.t.Fatalf("server set RSV1 on a %s frame (RFC 7692 6: only the first frame of a data message)", opName(op))
+			}
+			compressed = true
+		case c.deflate:
+			c.t.Fatalf("server sent RSV bits %#x; permessage-deflate allows only RSV1 (RFC 6455 5.2)", rsv>>4)
+		default:
 			c.t.Fatalf("server sent RSV bits %#x with no extension negotiated (RFC 6455 5.2)", rsv>>4)
 		}
 		n := uint64(hb[1] & 0x7f)
@@ -510,18 +545,21 @@ func (c *client) next() (event, error) {
 			if c.fragOp != 0 {
 				c.t.Fatalf("server started a %s message inside a fragmented one (RFC 6455 5.4)", opName(op))
 			}
-			if fin {
-				return c.message(op, p), nil
+			if compressed {
+				c.countCompressed()
 			}
-			c.fragOp, c.frag = op, p
+			if fin {
+				return c.message(op, c.maybeInflate(compressed, p)), nil
+			}
+			c.fragOp, c.frag, c.fragCompressed = op, p, compressed
 		case ws.OpContinuation:
 			if c.fragOp == 0 {
 				c.t.Fatalf("server sent a continuation frame with no message to continue (RFC 6455 5.4)")
 			}
 			c.frag = append(c.frag, p...)
 			if fin {
-				op, msg := c.fragOp, c.frag
-				c.fragOp, c.frag = 0, nil
+				op, msg := c.fragOp, c.maybeInflate(c.fragCompressed, c.frag)
+				c.fragOp, c.frag, c.fragCompressed = 0, nil, false
 				return c.message(op, msg), nil
 			}
 		default:

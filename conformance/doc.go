@@ -18,13 +18,21 @@
 //	1.x  framing: text and binary of 0..65536 bytes, written whole, in
 //	     chunks of several sizes, the header byte by byte       framing_test.go
 //	2.x  pings and pongs                                         framing_test.go
-//	3.x  reserved bits (RSV1 too: no extension is negotiated)    framing_test.go
+//	3.x  reserved bits (RSV1 too, on connections that did not
+//	     negotiate permessage-deflate)                           framing_test.go
 //	4.x  reserved opcodes                                        framing_test.go
 //	5.x  fragmentation                                           fragment_test.go
 //	6.x  UTF-8: valid and invalid text, fail-fast                utf8_test.go
 //	7.x  close handling and codes                                close_test.go
 //	9.x  large messages to a slow reader                         large_test.go
 //	10.x auto-fragmentation                                      large_test.go
+//	12.x compressed echo, 16 B to 128 KiB, four kinds of payload compression_test.go
+//	13.x every offer a client can make (server_max_window_bits
+//	     absent or 8..15 x client_max_window_bits absent, bare or
+//	     8..15 x both context-takeover flags), and fallback lists  compression_test.go
+//	12.6-12.7 (not in Autobahn) offers declined without failing the
+//	     handshake; corrupt compressed data (1007), deflate bombs
+//	     (1009), RSV1 on a continuation or control frame (1002)   compression_test.go
 //
 // Cases marked "not in Autobahn" extend a family with what RFC 6455
 // requires and Autobahn does not check (unmasked frames, frames around
@@ -56,14 +64,13 @@
 //
 // Not covered:
 //
-// TODO(compression): the permessage-deflate families, 12.x (compressed
-// messages of every size, every client_max_window_bits /
-// server_max_window_bits and context-takeover combination a client can
-// offer) and 13.x (the same with several offers and parameters), belong
-// here once the engine negotiates RFC 7692 (issue 10, item 1). Until then
-// RSV1 is a reserved bit and the 3.x cases expect it to fail the
-// connection; those cases must then run on connections that did not
-// negotiate the extension.
+// Compression: the client offers permessage-deflate where a case says so,
+// checks the server's answer against RFC 7692 7.1, inflates what the
+// server sends compressed (keeping the inflate context unless the server
+// promised server_no_context_takeover), and compresses what it sends
+// without context. Against fanout itself the suite also checks fanout's
+// choices: both no_context_takeover parameters in every answer, offers
+// asking for server_max_window_bits below 15 declined.
 //
 // Autobahn has no 8.x or 11.x family.
 package conformance

@@ -44,7 +44,10 @@ import (
 //     per-address limit) or a benchmark.
 //
 // Each refusal is counted by cause (fanout_upgrades_refused_total) and
-// logged at most once a minute per cause.
+// logged at most once a minute per cause, with the client address (the
+// trusted proxy's X-Forwarded-For, else the peer). An upgrade on a
+// connection that served plain HTTP first (a proxy's kept-alive upstream
+// connection) passes the same checks (proxy.go).
 
 // refuseCause is why an upgrade (or, for causeAcceptShed, a socket) was
 // refused; the metric's cause label.
@@ -57,6 +60,11 @@ const (
 	causeOrigin
 	causeBadKey
 	causeAcceptShed
+	// causeKeepalive: a connection that served plain HTTP asked for an
+	// upgrade and could not be given back to the event loop (the server
+	// stopping, out of descriptors; proxy.go). The upgrade itself then
+	// meets the other causes like any.
+	causeKeepalive
 	numRefuseCauses
 )
 
@@ -67,6 +75,7 @@ var refuseCauseNames = [numRefuseCauses]string{
 	causeOrigin:     "origin",
 	causeBadKey:     "bad_key",
 	causeAcceptShed: "accept_shed",
+	causeKeepalive:  "keepalive",
 }
 
 // Refusals that do not depend on the configuration.
@@ -122,6 +131,10 @@ type admission struct {
 
 	refused [numRefuseCauses]atomic.Uint64
 	logged  [numRefuseCauses]atomic.Int64 // memClock of the last log line
+
+	// keepalive is the event loop of connections net/http gives back for
+	// an upgrade (proxy.go), which then pass this admission like any.
+	keepalive keepaliveLoop
 }
 
 // fdLimit reads RLIMIT_NOFILE's soft limit (Go raises it to the hard
@@ -256,14 +269,17 @@ func (a *admission) release(c *Conn) {
 // check passed.
 func (s *Server) admit(u *upgradeState) error {
 	a := &s.adm
-	if !validSecKey(u.head) {
-		return a.refuse(s, causeBadKey, errBadSecKey)
-	}
 	peer := peerAddr(u.c)
 	trusted := peer.IsValid() && a.proxies.contains(peer)
+	// The client, for the per-address limit and the logs: X-Forwarded-For
+	// only from a trusted proxy (clientAddr ignores it otherwise).
+	client := a.proxies.clientAddr(peer, u.forwardedFor)
+	if !validSecKey(u.head) {
+		return a.refuse(s, causeBadKey, errBadSecKey, "client", client)
+	}
 	if u.origins > 0 {
 		if u.origins > 1 {
-			return a.refuse(s, causeOrigin, errOriginRepeated, "reason", "repeated Origin")
+			return a.refuse(s, causeOrigin, errOriginRepeated, "reason", "repeated Origin", "client", client)
 		}
 		host, proto := u.host, []byte(nil)
 		if u.targetHost != nil {
@@ -280,17 +296,16 @@ func (s *Server) admit(u *upgradeState) error {
 			if a.origins.dev {
 				err = errOriginForbiddenDev
 			}
-			return a.refuse(s, causeOrigin, err, "origin", string(u.origin), "host", string(host))
+			return a.refuse(s, causeOrigin, err, "origin", string(u.origin), "host", string(host), "client", client)
 		}
 	}
 	if held := a.held.Load(); a.maxConns > 0 && held > a.maxConns {
-		return a.refuse(s, causeMaxConns, a.errMaxConns, "sockets", held, "max_conns", a.maxConns)
+		return a.refuse(s, causeMaxConns, a.errMaxConns, "sockets", held, "max_conns", a.maxConns, "client", client)
 	}
 	if a.mem.overLimit(s.trimHistory, s.restoreHistory) {
 		return a.refuse(s, causeMemory, a.errMemory, "memory", a.mem.used.Load(), "max_memory", a.mem.limit)
 	}
 	if a.perIP > 0 && peer.IsValid() && u.c != nil {
-		client := a.proxies.clientAddr(peer, u.forwardedFor)
 		if client.IsLoopback() {
 			return nil // this host: a proxy or a benchmark, not a remote client
 		}
@@ -520,11 +535,17 @@ func (s *Server) restoreHistory() {
 func (s *Server) registerAdmissionMetrics(reg *prometheus.Registry) {
 	a := &s.adm
 	refused := prometheus.NewDesc("fanout_upgrades_refused_total",
-		"Upgrades refused by admission control, by cause (accept_shed: sockets closed at accept near RLIMIT_NOFILE).",
+		"Upgrade requests refused, by cause: admission control (max_conns, per_ip, memory, origin, bad_key, keepalive; "+
+			"accept_shed: sockets closed at accept near RLIMIT_NOFILE) and the rest (wrong_path, draining, bad_request, "+
+			"head_too_large, bad_subprotocol, unauthorized).",
 		[]string{"cause"}, nil)
+	st := &s.stats
 	reg.MustRegister(collectorFunc{desc: refused, collect: func(ch chan<- prometheus.Metric) {
 		for i := range a.refused {
 			ch <- prometheus.MustNewConstMetric(refused, prometheus.CounterValue, float64(a.refused[i].Load()), refuseCauseNames[i])
+		}
+		for i := range st.upgradeFailures {
+			ch <- prometheus.MustNewConstMetric(refused, prometheus.CounterValue, float64(st.upgradeFailures[i].Load()), upgradeFailureNames[i])
 		}
 	}})
 	gauge := func(name, help string, f func() float64) {

@@ -455,7 +455,7 @@ func (s *Server) checkAuth(c *Conn, due func(at int64) bool) {
 		a.refreshSent.Store(true)
 		f := wsframe.Get()
 		f.B = codec.AppendRefresh(f.B, c.enc)
-		c.Send(f.Finish(c.dataOpCode()))
+		c.sendData(f.Finish(c.dataOpCode()))
 	}
 }
 

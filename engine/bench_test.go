@@ -33,6 +33,7 @@ func BenchmarkUpgrade(b *testing.B) {
 	}{
 		{"protocol=none", nil},
 		{"protocol=msgpack", []string{"Sec-WebSocket-Protocol: fanout.v1.msgpack", "Origin: http://example.test"}},
+		{"protocol=json/deflate=offered", []string{"Sec-WebSocket-Protocol: fanout.v1.json", "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits"}},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			s := benchServer(b, Config{AllowedOrigins: []string{"http://example.test"}})

@@ -112,10 +112,11 @@ type Config struct {
 	// TrustedProxies lists the proxies (CIDRs such as "10.0.0.0/8", or
 	// single addresses) whose X-Forwarded-For, X-Forwarded-Host and
 	// X-Forwarded-Proto are believed: the client address (for
-	// MaxConnsPerIP) is then the rightmost X-Forwarded-For hop that is not
-	// a trusted proxy, and the forwarded host and scheme are what the
-	// development-mode origin check compares with. If empty, none: the
-	// headers are ignored and the peer is the client.
+	// MaxConnsPerIP and the refusal logs) is then the rightmost
+	// X-Forwarded-For hop that is not a trusted proxy, and the forwarded
+	// host and scheme are what the development-mode origin check compares
+	// with. If empty, none: the headers are ignored and the peer is the
+	// client.
 	TrustedProxies []string
 	// MaxConns bounds the sockets the event loop holds (open WebSockets,
 	// connections in their handshake, closing ones): an upgrade past it
@@ -171,6 +172,9 @@ type Config struct {
 	// costs more than it saves on small messages). If zero, 256; if
 	// negative, every message is compressed.
 	CompressionMinBytes int
+	// CompressionLevel is the compress/flate level (1, fastest, to 9,
+	// smallest). If zero, 1 (see bench/README.md, "permessage-deflate").
+	CompressionLevel int
 
 	// Echo makes the server echo every data message verbatim and speak no
 	// protocol of its own (for conformance suites such as Autobahn).
@@ -284,6 +288,9 @@ const (
 )
 
 func (c Config) withDefaults() Config {
+	if c.Compression == CompressionDefault {
+		c.Compression = CompressionOn
+	}
 	if c.Addr == "" {
 		c.Addr = ":8080"
 	}

@@ -92,6 +92,11 @@ type Conn struct {
 	// streak counts consecutive reads less than busyWindow apart, up to
 	// busyStreak (reader, under rmu).
 	streak uint8
+	// deflate: the connection negotiated permessage-deflate (set by the
+	// upgrade, constant after it). fragDeflate: the message being
+	// reassembled is compressed (reader, under rmu).
+	deflate     bool
+	fragDeflate bool
 
 	// rmu is held by the reader (onRequest), by trimInput and by onClosed
 	// while it marks the connection closed: netpoll lets one goroutine at a
@@ -176,6 +181,24 @@ func (c *Conn) Info() codec.ClientInfo { return c.info }
 
 // Encoding implements hub.Subscriber.
 func (c *Conn) Encoding() codec.Encoding { return c.enc }
+
+// Deflate implements hub's optional DeflateSubscriber: the connection
+// negotiated permessage-deflate, so the hub hands it a publication's shared
+// compressed frame.
+func (c *Conn) Deflate() bool { return c.deflate }
+
+// sendData queues f, a finished data frame (a reply, an echo), compressed
+// when the connection negotiated permessage-deflate and f is worth it
+// (Config.CompressionMinBytes).
+func (c *Conn) sendData(f *wsframe.Frame) {
+	if c.deflate {
+		if z := c.srv.compressor.Frame(f); z != nil {
+			f.Release()
+			f = z
+		}
+	}
+	c.Send(f)
+}
 
 // Send queues f (taking one reference) and never blocks. See SendBatch.
 func (c *Conn) Send(f *wsframe.Frame) {

@@ -154,14 +154,20 @@
 // netpoll's runner is process-wide: a process that embeds the engine serves
 // other netpoll users' callbacks from its pool, as netpoll would.
 //
-// # Designed for what comes next
+// # Compression
 //
-//   - permessage-deflate: a publication is compressed once per encoding, next
-//     to its plain frame (wsframe.Frame carries whole frames, so a compressed
-//     one is just another frame with RSV1 set); parseHeader then accepts RSV1
-//     on connections that negotiated the extension in the upgrader's
-//     Negotiate callback.
-//   - A cluster broker: hub.Broker is the seam; engine does not change.
+// permessage-deflate (RFC 7692) is negotiated in the upgrader's Negotiate
+// callback (engine/deflate): always with server_no_context_takeover and
+// client_no_context_takeover, so no connection holds compression state.
+// The hub compresses a publication once per encoding, next to its plain
+// frame (a compressed frame is just another wsframe.Frame, RSV1 set), and
+// every subscriber that negotiated compression shares it; replies and
+// echoes are compressed per connection (Conn.sendData). parseHeader
+// accepts RSV1 on the first frame of a data message of such a connection;
+// readFrames inflates the whole message (inflateMessage) with a pooled
+// decompressor, bounded by MaxMessageBytes on the inflated size.
+//
+// A cluster broker: hub.Broker is the seam; engine does not change.
 //
 // # Security
 //

@@ -41,8 +41,11 @@ var (
 // Reasons for closing, each with its code. Values, not constructors, so the
 // hot path allocates nothing to describe a close.
 var (
-	errIdle             = &CloseError{CloseGoingAway, "idle timeout"}
-	errReservedBits     = &CloseError{CloseProtocolError, "reserved bits set"}
+	errIdle         = &CloseError{CloseGoingAway, "idle timeout"}
+	errReservedBits = &CloseError{CloseProtocolError, "reserved bits set"}
+	// errMisplacedRSV1: RFC 7692 6 allows the compressed bit only on the
+	// first frame of a data message.
+	errMisplacedRSV1    = &CloseError{CloseProtocolError, "compressed bit (RSV1) on a control or continuation frame"}
 	errReservedOpcode   = &CloseError{CloseProtocolError, "reserved opcode"}
 	errUnmasked         = &CloseError{CloseProtocolError, "client frame not masked"}
 	errControlTooLong   = &CloseError{CloseProtocolError, "control frame payload over 125 bytes"}
@@ -61,6 +64,10 @@ var (
 	errSlowConsumer     = &CloseError{ClosePolicy, "slow consumer"}
 	errRateLimit        = &CloseError{ClosePolicy, "rate limit exceeded"}
 	errTooBig           = &CloseError{CloseTooBig, "message too big"}
+	// errInflatedTooBig: a compressed message inflates past
+	// MaxMessageBytes (a deflate bomb, or just a large message).
+	errInflatedTooBig = &CloseError{CloseTooBig, "message too big once inflated"}
+	errBadDeflate     = &CloseError{CloseInvalidPayload, "invalid compressed data"}
 	// errReassemblyBudget: the server-wide MaxReassemblyBytes is spent.
 	// 1009 ("a message that is too big for it to process", RFC 6455
 	// 7.4.1), not 1008: the server cannot take this message now, but the

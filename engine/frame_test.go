@@ -71,7 +71,7 @@ func TestParseHeader(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h, need, err := parseHeader(tt.frame, tt.max)
+			h, need, err := parseHeader(tt.frame, tt.max, false)
 			if need != 0 {
 				t.Fatalf("need = %d for a complete header", need)
 			}
@@ -88,7 +88,7 @@ func TestParseHeader(t *testing.T) {
 func TestParseHeaderIncomplete(t *testing.T) {
 	frame := clientFrame(t, true, 0, ws.OpBinary, true, 8, bytes.Repeat([]byte{1}, 70000))
 	for n := 0; n < 14; n++ {
-		_, need, err := parseHeader(frame[:n], 1<<20)
+		_, need, err := parseHeader(frame[:n], 1<<20, false)
 		if err != nil || need <= n {
 			t.Fatalf("prefix %d: need %d, err %v", n, need, err)
 		}
@@ -112,7 +112,7 @@ func FuzzParseHeader(f *testing.F) {
 	f.Add(clientFrame(f, true, 0, ws.OpClose, true, 0, []byte{3, 232}))
 	f.Add([]byte{0x81, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		h, need, err := parseHeader(b, 1<<20)
+		h, need, err := parseHeader(b, 1<<20, false)
 		if need > 0 {
 			if need <= len(b) || need > maxClientHeaderLen || err != nil {
 				t.Fatalf("need %d with %d bytes, err %v", need, len(b), err)

@@ -59,23 +59,25 @@ func (s *Server) httpHandler() http.Handler {
 		}
 		_, _ = io.WriteString(w, "ready\n")
 	})
-	mux.HandleFunc("/ws", func(w http.ResponseWriter, _ *http.Request) {
-		// Reached only when a connection that already served plain HTTP
-		// asks for an upgrade: upgrades happen on fresh connections.
-		http.Error(w, "WebSocket upgrades must use a new connection", http.StatusBadRequest)
-	})
+	// Reached only when a connection that already served plain HTTP (a
+	// proxy's kept-alive upstream connection) asks for an upgrade: it goes
+	// back to the event loop and upgrades there (proxy.go).
+	mux.HandleFunc("/ws", s.keptAliveUpgrade)
 	s.routeAuth(mux)
+	mux.Handle("GET /api/stats", s.newLiveStatsHandler()) // the web app's live stats (livestats.go)
 	mux.Handle("/", web.Handler())
-	return refuseStrayUpgrades(mux)
+	return s.refuseStrayUpgrades(mux)
 }
 
 // refuseStrayUpgrades answers a WebSocket handshake for any path but /ws
 // with 404 (RFC 6455 4.2.2: a service that is not available gets an HTTP
 // error), instead of serving that path's page as if it were an upgrade
-// (the web app's HTML answered "GET / Upgrade: websocket" with 200).
-func refuseStrayUpgrades(next http.Handler) http.Handler {
+// (the web app's HTML answered "GET / Upgrade: websocket" with 200),
+// and counts it (fanout_upgrades_refused_total{cause="wrong_path"}).
+func (s *Server) refuseStrayUpgrades(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/ws" && strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+			s.stats.upgradeFailed(failWrongPath)
 			http.Error(w, "no WebSocket endpoint at "+r.URL.Path+": connect to /ws", http.StatusNotFound)
 			return
 		}
@@ -418,8 +420,11 @@ func (s *Server) newMetricsHandler() http.Handler {
 	counter("handshake_failures_total", "Upgrade requests rejected.", st.handshakeFailed.Load)
 	counter("handshake_timeouts_total", "Connections closed before completing a handshake in time.", st.handshakeTimeouts.Load)
 	counter("http_connections_total", "Connections handed to the HTTP server.", st.httpConns.Load)
+	counter("keepalive_upgrades_total", "WebSocket upgrades of connections that served plain HTTP first (a proxy's kept-alive upstream connections), given back to the event loop by net/http; counted in upgrades_total too.", s.adm.keepalive.upgrades.Load)
 	counter("frames_received_total", "WebSocket frames received.", st.framesIn.Load)
 	counter("messages_received_total", "WebSocket data messages received.", st.messagesIn.Load)
+	counter("messages_inflated_total", "Compressed (permessage-deflate) messages received and inflated.", st.inflated.Load)
+	counter("upgrades_compressed_total", "WebSocket upgrades that negotiated permessage-deflate.", st.deflateUpgrades.Load)
 	counter("command_errors_total", "Error replies sent.", st.commandErrors.Load)
 	counter("writev_total", "Direct writev calls.", st.writevs.Load)
 	counter("socket_full_waits_total", "Times a socket was full and the write poller waited for it.", st.socketFullWaits.Load)
@@ -457,16 +462,7 @@ func (s *Server) newMetricsHandler() http.Handler {
 			return float64(len(f.live))
 		})
 	}
-	closes := prometheus.NewDesc("fanout_closes_sent_total", "Close frames sent, by code.", []string{"code"}, nil)
-	reg.MustRegister(collectorFunc{desc: closes, collect: func(ch chan<- prometheus.Metric) {
-		for i := range st.closes {
-			code := strconv.Itoa(1000 + i)
-			if i == closeCodeSlots-1 {
-				code = "other"
-			}
-			ch <- prometheus.MustNewConstMetric(closes, prometheus.CounterValue, float64(st.closes[i].Load()), code)
-		}
-	}})
+	s.registerServerMetrics(reg) // metrics.go
 	hubDesc := func(name, help string) *prometheus.Desc {
 		return prometheus.NewDesc("fanout_hub_"+name, help, nil, nil)
 	}
@@ -482,6 +478,7 @@ func (s *Server) newMetricsHandler() http.Handler {
 		{hubDesc("published_total", "Publications accepted."), prometheus.CounterValue, func(h hub.Stats) float64 { return float64(h.Published) }},
 		{hubDesc("broadcasts_total", "Publications fanned out."), prometheus.CounterValue, func(h hub.Stats) float64 { return float64(h.Broadcasts) }},
 		{hubDesc("encodes_total", "Publication frames encoded."), prometheus.CounterValue, func(h hub.Stats) float64 { return float64(h.Encodes) }},
+		{hubDesc("compressed_total", "Compressed (permessage-deflate) frames made: once per encoding per publication or presence push, and per large reply."), prometheus.CounterValue, func(h hub.Stats) float64 { return float64(h.Compressed) }},
 		{hubDesc("deliveries_total", "Publication frames handed to subscribers."), prometheus.CounterValue, func(h hub.Stats) float64 { return float64(h.Deliveries) }},
 		{hubDesc("batches_total", "Coalesced multi-publication sends."), prometheus.CounterValue, func(h hub.Stats) float64 { return float64(h.Batches) }},
 		{hubDesc("recovered_total", "Subscribes that recovered every missed publication."), prometheus.CounterValue, func(h hub.Stats) float64 { return float64(h.Recovered) }},

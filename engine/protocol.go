@@ -229,7 +229,7 @@ func (s *Server) publish(c *Conn, cmd *codec.Command) {
 	if cmd.HasID {
 		f := wsframe.Get()
 		f.B = codec.AppendPublishOK(f.B, c.enc, cmd.ID, pos.Offset)
-		c.Send(f.Finish(c.dataOpCode()))
+		c.sendData(f.Finish(c.dataOpCode()))
 	}
 }
 
@@ -246,7 +246,7 @@ func (s *Server) presence(c *Conn, cmd *codec.Command) {
 	if cmd.HasID {
 		f := wsframe.Get()
 		f.B = codec.AppendPresenceOK(f.B, c.enc, cmd.ID, clients)
-		c.Send(f.Finish(c.dataOpCode()))
+		c.sendData(f.Finish(c.dataOpCode()))
 	}
 }
 
@@ -263,7 +263,7 @@ func (s *Server) history(c *Conn, cmd *codec.Command) {
 	if cmd.HasID {
 		f := wsframe.Get()
 		f.B = codec.AppendHistoryReply(f.B, c.enc, cmd.ID, res.Position, res.Publications, res.Truncated)
-		c.Send(f.Finish(c.dataOpCode()))
+		c.sendData(f.Finish(c.dataOpCode()))
 	}
 }
 
@@ -273,7 +273,7 @@ func (s *Server) replyOK(c *Conn, cmd *codec.Command) {
 	}
 	f := wsframe.Get()
 	f.B = codec.AppendOK(f.B, c.enc, cmd.ID)
-	c.Send(f.Finish(c.dataOpCode()))
+	c.sendData(f.Finish(c.dataOpCode()))
 }
 
 // replyError answers a failed command. It is sent even without an id so
@@ -282,7 +282,7 @@ func (s *Server) replyError(c *Conn, cmd *codec.Command, code, message string) {
 	s.stats.commandErrors.Add(1)
 	f := wsframe.Get()
 	f.B = codec.AppendError(f.B, c.enc, cmd.ID, cmd.HasID, code, message)
-	c.Send(f.Finish(c.dataOpCode()))
+	c.sendData(f.Finish(c.dataOpCode()))
 }
 
 // replyHubError maps a hub error to its error reply.

@@ -8,6 +8,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/cloudwego/netpoll"
+	"github.com/fanout-dev/fanout/engine/deflate"
 	"github.com/fanout-dev/fanout/engine/wsframe"
 	"github.com/gobwas/ws"
 	"github.com/valyala/bytebufferpool"
@@ -201,7 +202,7 @@ func (c *Conn) dropFrag() {
 		bytebufferpool.Put(c.frag)
 		c.frag = nil
 	}
-	c.fragOp = 0
+	c.fragOp, c.fragDeflate = 0, false
 	c.scanned = 0
 	if c.inbuf == nil {
 		c.partialSince.Store(0)
@@ -265,7 +266,7 @@ var errStopReading = &CloseError{CloseNormal, "stop reading"}
 func (s *Server) readFrames(c *Conn, b []byte) int {
 	used := 0
 	for len(b) > 0 {
-		h, need, cerr := parseHeader(b, s.cfg.MaxMessageBytes)
+		h, need, cerr := parseHeader(b, s.cfg.MaxMessageBytes, c.deflate)
 		if cerr != nil {
 			c.CloseWith(cerr)
 			return -1
@@ -322,7 +323,11 @@ func (s *Server) handleFrame(c *Conn, h frameHeader, payload []byte) *CloseError
 		if c.fragOp == 0 {
 			return errUnexpectedCont
 		}
-		if c.frag.Len()+len(payload) > s.cfg.MaxMessageBytes {
+		limit := s.cfg.MaxMessageBytes
+		if c.fragDeflate {
+			limit = compressedLimit(limit)
+		}
+		if c.frag.Len()+len(payload) > limit {
 			return errTooBig
 		}
 		return s.addFragment(c, h.fin, payload)
@@ -331,9 +336,18 @@ func (s *Server) handleFrame(c *Conn, h frameHeader, payload []byte) *CloseError
 			return errExpectedCont
 		}
 		if h.fin {
+			if h.rsv1 {
+				return s.inflateMessage(c, h.op, payload)
+			}
+			if len(payload) > s.cfg.MaxMessageBytes {
+				// Within compressedLimit, which parseHeader allows on a
+				// connection that negotiated deflate, but not compressed.
+				return errTooBig
+			}
 			return s.handleMessage(c, h.op, payload)
 		}
 		c.fragOp = h.op
+		c.fragDeflate = h.rsv1
 		c.frag = bytebufferpool.Get()
 		c.scanned = 0
 		if c.partialSince.Load() == 0 {
@@ -356,7 +370,7 @@ func (s *Server) addFragment(c *Conn, fin bool, payload []byte) *CloseError {
 		return errReassemblyBudget
 	}
 	c.frag.B = append(c.frag.B, payload...)
-	if c.fragOp == ws.OpText {
+	if c.fragOp == ws.OpText && !c.fragDeflate {
 		rest := c.frag.B[c.scanned:]
 		if fin {
 			if !utf8.Valid(rest) {
@@ -373,15 +387,45 @@ func (s *Server) addFragment(c *Conn, fin bool, payload []byte) *CloseError {
 	if !fin {
 		return nil
 	}
-	op, msg := c.fragOp, c.frag
-	c.fragOp, c.frag, c.scanned = 0, nil, 0
+	op, msg, compressed := c.fragOp, c.frag, c.fragDeflate
+	c.fragOp, c.frag, c.scanned, c.fragDeflate = 0, nil, 0, false
 	// keepUnread sets it again if a frame is left incomplete.
 	c.partialSince.Store(0)
 	defer func() {
 		s.uncharge(msg.Len())
 		bytebufferpool.Put(msg)
 	}()
+	if compressed {
+		return s.inflateMessage(c, op, msg.B)
+	}
+	if msg.Len() > s.cfg.MaxMessageBytes {
+		return errTooBig
+	}
 	return s.dispatchMessage(c, op, msg.B)
+}
+
+// inflateMessage inflates a compressed data message (its frames' payloads
+// joined, RFC 7692 7.2.2) and handles it. The inflated size is bounded by
+// MaxMessageBytes (past it: close 1009, whatever the ratio) and, while the
+// message is handled, counts against the reassembly budget.
+func (s *Server) inflateMessage(c *Conn, op ws.OpCode, compressed []byte) *CloseError {
+	buf := bytebufferpool.Get()
+	defer bytebufferpool.Put(buf)
+	out, err := deflate.Inflate(buf.B[:0], compressed, s.cfg.MaxMessageBytes)
+	buf.B = out
+	switch err {
+	case nil:
+	case deflate.ErrTooLarge:
+		return errInflatedTooBig
+	default:
+		return errBadDeflate
+	}
+	if !s.charge(len(out)) {
+		return errReassemblyBudget
+	}
+	defer s.uncharge(len(out))
+	s.stats.inflated.Add(1)
+	return s.handleMessage(c, op, out)
 }
 
 // validUTF8Prefix checks b, the newest bytes of a text message whose end has
@@ -438,7 +482,7 @@ func (s *Server) handleMessage(c *Conn, op ws.OpCode, msg []byte) *CloseError {
 func (s *Server) dispatchMessage(c *Conn, op ws.OpCode, msg []byte) *CloseError {
 	s.stats.messagesIn.Add(1)
 	if s.cfg.Echo {
-		c.Send(wsframe.New(op, msg))
+		c.sendData(wsframe.New(op, msg))
 		return nil
 	}
 	return s.handleCommand(c, op, msg)

@@ -22,6 +22,7 @@ import (
 
 	"github.com/bytedance/gopkg/util/gopool"
 	"github.com/cloudwego/netpoll"
+	"github.com/fanout-dev/fanout/engine/deflate"
 	"github.com/fanout-dev/fanout/engine/hub"
 	"golang.org/x/sys/unix"
 )
@@ -34,6 +35,9 @@ type Server struct {
 	log *slog.Logger
 	hub *hub.Hub
 	adm admission // admission.go: origin, limits, memory
+	// compressor compresses replies and echoes for connections that
+	// negotiated permessage-deflate (the hub has its own for publications).
+	compressor deflate.Compressor
 	// authn is authentication (authn.go): token keys, per-user limits.
 	authn *authenticator
 
@@ -150,9 +154,10 @@ func (w slogWriter) Write(p []byte) (int, error) {
 func New(cfg Config) (*Server, error) {
 	cfg = cfg.withDefaults()
 	s := &Server{
-		cfg:    cfg,
-		log:    cfg.Logger,
-		closed: make(chan struct{}),
+		cfg:        cfg,
+		log:        cfg.Logger,
+		closed:     make(chan struct{}),
+		compressor: deflate.Compressor{MinBytes: cfg.CompressionMinBytes, Level: cfg.CompressionLevel},
 	}
 	if err := s.initAdmission(); err != nil {
 		return nil, err
@@ -178,6 +183,7 @@ func New(cfg Config) (*Server, error) {
 		HistoryChannels:     cfg.HistoryChannels,
 		MaxPublicationBytes: cfg.MaxMessageBytes,
 		MaxReplyBytes:       maxReply,
+		Compressor:          s.compressor,
 		Broker:              cfg.Broker,
 		Logger:              cfg.Logger,
 	})

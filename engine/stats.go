@@ -8,7 +8,7 @@ import (
 )
 
 // stats are the server's counters: plain atomics on the hot path, read by
-// the Prometheus collectors in metrics.go.
+// the Prometheus collectors of newMetricsHandler (http.go, metrics.go).
 type stats struct {
 	accepted          atomic.Uint64
 	upgrades          atomic.Uint64
@@ -18,29 +18,26 @@ type stats struct {
 	open              atomic.Int64
 	framesIn          atomic.Uint64
 	messagesIn        atomic.Uint64
+	inflated          atomic.Uint64 // compressed messages received and inflated
+	deflateUpgrades   atomic.Uint64 // upgrades that negotiated permessage-deflate
 	commandErrors     atomic.Uint64
 	writevs           atomic.Uint64
 	socketFullWaits   atomic.Uint64 // times the write poller was armed for a full socket
 	slowConsumers     atomic.Uint64
 	writeTimeouts     atomic.Uint64
-	writeErrors       atomic.Uint64 // writev failures (the peer reset or vanished)
-	closeTimeouts     atomic.Uint64 // peers that did not close within CloseTimeout
-	sweepChecks       atomic.Uint64 // connections the sweeper visited
-	rateLimited       atomic.Uint64 // commands refused by the per-connection rate limit
-	closes            [closeCodeSlots]atomic.Uint64
+	writeErrors       atomic.Uint64                 // writev failures (the peer reset or vanished)
+	closeTimeouts     atomic.Uint64                 // peers that did not close within CloseTimeout
+	sweepChecks       atomic.Uint64                 // connections the sweeper visited
+	rateLimited       atomic.Uint64                 // commands refused by the per-connection rate limit
+	closes            [closeCodeSlots]atomic.Uint64 // by closeSlot (metrics.go)
+	upgradeFailures   [numUpgradeFailures]atomic.Uint64
 }
 
-// closeCodeSlots counts 1000..1015 individually and everything else in the
-// last slot.
-const closeCodeSlots = 17
+// closeSent counts a close frame sent with code.
+func (st *stats) closeSent(code uint16) { st.closes[closeSlot(code)].Add(1) }
 
-func (st *stats) closeSent(code uint16) {
-	i := int(code) - 1000
-	if i < 0 || i >= closeCodeSlots-1 {
-		i = closeCodeSlots - 1
-	}
-	st.closes[i].Add(1)
-}
+// upgradeFailed counts an upgrade refused for cause.
+func (st *stats) upgradeFailed(cause upgradeFailure) { st.upgradeFailures[cause].Add(1) }
 
 // sharedPing is one ping frame queued to every connection that needs it;
 // the server holds a reference forever so it is never recycled.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/fanout-dev/fanout/codec"
+	"github.com/fanout-dev/fanout/engine/deflate"
 	"github.com/fanout-dev/fanout/engine/wsframe"
 	"github.com/gobwas/ws"
 )
@@ -32,6 +33,7 @@ func (s *Server) handshake(c *Conn, b []byte) (used int, detach bool) {
 	if end == 0 {
 		c.scanned = int32(min(len(b), maxRequestHeaderBytes))
 		if len(b) >= maxRequestHeaderBytes {
+			s.stats.upgradeFailed(failHeadTooLarge)
 			c.reject(httpError(431, "Request Header Fields Too Large", "", "request head over 16 KiB"))
 			return -1, false
 		}
@@ -40,6 +42,7 @@ func (s *Server) handshake(c *Conn, b []byte) (used int, detach bool) {
 	c.scanned = 0
 	if end > maxRequestHeaderBytes {
 		// A head that long arrived in one read: the bound is the same.
+		s.stats.upgradeFailed(failHeadTooLarge)
 		c.reject(httpError(431, "Request Header Fields Too Large", "", "request head over 16 KiB"))
 		return -1, false
 	}
@@ -183,6 +186,11 @@ type upgradeState struct {
 	origin          []byte
 	protocolOffered bool
 	protocol        string
+	// ext negotiates permessage-deflate.
+	ext deflate.Negotiator
+	// counted: the refusal was counted where it was decided (admission,
+	// beforeUpgrade); any other is gobwas/ws's (failBadRequest).
+	counted bool
 }
 
 var errBadSubprotocol = ws.RejectConnectionError(
@@ -259,12 +267,20 @@ func (u *upgradeState) selectProtocol(v []byte) (string, bool) {
 // ws.RejectConnectionError carrying its HTTP status and reason.
 func (u *upgradeState) beforeUpgrade() (ws.HandshakeHeader, error) {
 	if err := u.s.admit(u); err != nil {
+		u.counted = true // by cause, in admission
 		return nil, err
 	}
 	if u.protocolOffered && u.protocol == "" && !u.s.cfg.Echo {
+		u.counted = true
+		u.s.stats.upgradeFailed(failBadSubprotocol)
 		return nil, errBadSubprotocol
 	}
-	return u.s.authenticate(u)
+	hh, err := u.s.authenticate(u)
+	if err != nil {
+		u.counted = true
+		u.s.stats.upgradeFailed(failUnauthorized)
+	}
+	return hh, err
 }
 
 // upgrade performs the WebSocket handshake on the request head with
@@ -273,6 +289,7 @@ func (u *upgradeState) beforeUpgrade() (ws.HandshakeHeader, error) {
 func (s *Server) upgrade(c *Conn, head []byte) bool {
 	if s.draining.Load() {
 		// The drain delay: a load balancer is taking the node out.
+		s.stats.upgradeFailed(failDraining)
 		retry := strconv.FormatInt(int64(max(s.cfg.RetryAfterMin.Round(time.Second)/time.Second, 1)), 10)
 		c.reject(httpError(503, "Service Unavailable", "Retry-After: "+retry+"\r\n", "server draining, retry later"))
 		return false
@@ -303,6 +320,9 @@ func (s *Server) upgrade(c *Conn, head []byte) bool {
 		return false
 	}
 	s.stats.upgrades.Add(1)
+	if c.deflate {
+		s.stats.deflateUpgrades.Add(1)
+	}
 	s.stats.open.Add(1)
 	if s.cfg.Echo || c.pending() {
 		// A pending connection (authn.go) gets its connected push after
@@ -339,6 +359,7 @@ var upgraderPool = sync.Pool{New: func() any {
 		OnHost:          up.st.onHost,
 		OnHeader:        up.st.onHeader,
 		OnBeforeUpgrade: up.st.beforeUpgrade,
+		Negotiate:       up.st.ext.Negotiate,
 	}
 	return up
 }}
@@ -348,8 +369,13 @@ var upgraderPool = sync.Pool{New: func() any {
 func (s *Server) negotiate(c *Conn, head []byte, out *wsframe.Frame) (ws.Handshake, error) {
 	up := upgraderPool.Get().(*upgrader)
 	up.st = upgradeState{s: s, c: c, head: head}
+	up.st.ext.Off = s.cfg.Compression == CompressionOff
 	up.hsio = handshakeIO{head: head, out: out}
 	hs, err := up.u.Upgrade(&up.hsio)
+	c.deflate = err == nil && up.st.ext.Accepted()
+	if err != nil && !up.st.counted {
+		s.stats.upgradeFailed(failBadRequest)
+	}
 	up.st = upgradeState{}
 	up.hsio = handshakeIO{}
 	upgraderPool.Put(up)

@@ -9,7 +9,8 @@
  *      deliver an offset twice, and authentication: a token (from getToken)
  *      sent with the connect op, never in the URL, and refreshed when the
  *      server pushes refresh.
- *   2. The chat UI, which only talks to FanoutClient.
+ *   2. The chat UI, which only talks to FanoutClient, and a small view of
+ *      the server's live stats (api/stats, polled while the page is shown).
  *
  * All user-provided text is rendered with textContent / createTextNode.
  */
@@ -101,6 +102,7 @@
       this.clientId = '';
       this.user = '';
       this.userName = ''; // the server's name for this connection (the token's, when it has one)
+      this.sentName = ''; // the name this anonymous connection gave the server (connect or subscribe)
       this.refreshes = 0; // tokens refreshed on this client
       this.attempt = 0; // consecutive failed attempts; reset on a successful connect
       this.retryAt = 0; // epoch ms of the scheduled reconnect, 0 if none
@@ -222,6 +224,7 @@
           const name = this.name && this.name();
           if (!token && name) fields.name = name;
           this._connectId = fields.id;
+          this._connectName = fields.name || '';
           try {
             ws.send(JSON.stringify(fields));
           } catch (_) {
@@ -256,6 +259,7 @@
 
     _closed(ev) {
       this.ws = null;
+      this.sentName = '';
       clearTimeout(this._connectTimer);
       clearInterval(this._pingTimer);
       this._connectTimer = this._pingTimer = null;
@@ -325,6 +329,7 @@
           // new token after the usual backoff.
           this._drop(4001, 'connect refused: ' + String(msg.error.code || 'error'));
         }
+        if (this._connectName) this.sentName = this._connectName;
         return; // success: the connected push follows
       }
       const p = this._pending.get(msg.id);
@@ -526,6 +531,7 @@
 
       this.command('subscribe', fields).then(
         (reply) => {
+          if (fields.name) this.sentName = fields.name; // the server took it
           if (this._subs.get(sub.channel) !== sub) return; // unsubscribed meanwhile
           sub.pending = false;
           sub.active = true;
@@ -668,6 +674,9 @@
       presenceCount: $('presence-count'),
       errors: $('errors'),
       identity: $('identity'),
+      stats: $('stats'),
+      statsConnections: $('stats-connections'),
+      statsRate: $('stats-rate'),
     };
 
     const store = {
@@ -694,6 +703,7 @@
       room: '',
       channel: '',
       subscribed: false,
+      historyLoaded: false, // a history reply for the current room arrived
       messages: [], // sorted by (epoch index, offset); dividers have offset 0
       seen: new Set(), // "epoch\0offset" of every rendered publication
       epochs: new Map(), // epoch -> index in order of first sight
@@ -704,6 +714,7 @@
       myIds: new Set(), // every client id this tab has had
       errors: [],
       notices: [],
+      stats: null, // the last answer of api/stats
       joinPromise: null,
       countdown: null,
       // What /auth.json said: mode 'none' (no tokens), 'required' or
@@ -779,7 +790,8 @@
       if (!els.identity) return;
       if (client.user) {
         const shown = client.userName || client.user;
-        els.identity.textContent = 'Signed in as ' + shown + (shown !== client.user ? ' (' + client.user + ')' : '');
+        els.identity.replaceChildren('Signed in as ', el('bdi', '', shown));
+        if (shown !== client.user) els.identity.append(' (', el('bdi', '', client.user), ')');
         els.identity.hidden = false;
       } else {
         els.identity.textContent = '';
@@ -794,14 +806,36 @@
       return node;
     }
 
+    /**
+     * shortId is the 8-character label of a client that gave no name. It is
+     * the end of the id: where ids made of a shared prefix (a node, a
+     * process) and a counter differ; the server's random ids differ
+     * everywhere. The start would be the same for every client of a node.
+     */
     function shortId(id) {
-      return id.length > 8 ? id.slice(0, 8) : id;
+      return id.length > 8 ? id.slice(-8) : id;
     }
 
+    /**
+     * hue picks a colour (0-359) from a hash of the whole id (FNV-1a, then
+     * murmur3's finaliser so that every input bit moves every output bit):
+     * ids one character apart get unrelated colours.
+     */
     function hue(s) {
-      let h = 0;
-      for (let i = 0; i < s.length; i++) h = (h * 31 + s.charCodeAt(i)) >>> 0;
-      return h % 360;
+      let h = 0x811c9dc5;
+      for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
+      h ^= h >>> 16;
+      h = Math.imul(h, 0x85ebca6b);
+      h ^= h >>> 13;
+      h = Math.imul(h, 0xc2b2ae35);
+      h ^= h >>> 16;
+      return (h >>> 0) % 360;
+    }
+
+    /** initial: the first visible character of a name (not a bidi control or space), upper-cased. */
+    function initial(name) {
+      const ch = [...name].find((c) => !/[\p{C}\p{Z}]/u.test(c));
+      return ch ? ch.toUpperCase() : '?';
     }
 
     function safeDate(ts) {
@@ -1001,7 +1035,10 @@
       li.dataset.offset = String(offset);
       li.dataset.epoch = String(epoch);
       const meta = el('div', 'meta');
-      const author = el('span', 'author', name);
+      // Names and texts are isolated (<bdi>, dir=auto, unicode-bidi:
+      // isolate in style.css): a right-to-left override in them cannot
+      // reorder what is around them.
+      const author = el('bdi', 'author', name);
       author.style.setProperty('--hue', String(hue(clientId || name)));
       if (!verified && app.auth.mode !== 'none') {
         author.classList.add('unverified');
@@ -1013,7 +1050,9 @@
       time.dateTime = when.toISOString();
       time.title = when.toLocaleString();
       meta.append(author, time);
-      li.append(meta, el('div', 'text', text));
+      const body = el('div', 'text', text);
+      body.dir = 'auto';
+      li.append(meta, body);
       msg.el = li;
       insertEntry(msg);
     }
@@ -1022,6 +1061,7 @@
       client.history(channel, HISTORY_LIMIT).then(
         (r) => {
           if (app.channel !== channel) return;
+          app.historyLoaded = true;
           const pubs = Array.isArray(r.publications) ? r.publications : [];
           for (const p of pubs) addMessage(p.epoch ?? r.epoch, p);
         },
@@ -1037,7 +1077,14 @@
     function displayName(clientId, p) {
       if (p.user) return p.name || p.user;
       if (clientId === client.clientId && app.name) return app.name;
-      return app.names.get(clientId) || p.name || shortId(clientId);
+      // The name the client gave the server (it comes with presence, so it
+      // is there after every reconnect), else one learned from its messages.
+      return p.name || app.names.get(clientId) || shortId(clientId);
+    }
+
+    /** named: whether a presence entry has a name, not just its id's label. */
+    function named(clientId, p) {
+      return !!(p.user || p.name || app.names.has(clientId) || (clientId === client.clientId && app.name));
     }
 
     /** presenceEntry keeps what the server says of a client. */
@@ -1050,18 +1097,18 @@
 
     function renderPresence() {
       const me = client.clientId;
-      const entries = [...app.presence.entries()].map(([id, p]) => ({ id, user: p.user, name: displayName(id, p) }));
+      const entries = [...app.presence.entries()].map(([id, p]) => ({ id, user: p.user, name: displayName(id, p), named: named(id, p) }));
       entries.sort((a, b) => (b.id === me) - (a.id === me) || a.name.localeCompare(b.name) || a.id.localeCompare(b.id));
       const items = entries.map((e) => {
         const li = el('li', 'person');
         li.dataset.client = e.id;
-        const avatar = el('span', 'avatar', [...e.name][0] ? [...e.name][0].toUpperCase() : '?');
+        const avatar = el('span', 'avatar', initial(e.name));
         avatar.setAttribute('aria-hidden', 'true');
         avatar.style.setProperty('--hue', String(hue(e.id)));
-        const label = el('span', 'person-name', e.name);
+        const label = el('bdi', 'person-name', e.name);
         li.append(avatar, label);
         if (e.id === me) li.append(el('span', 'you', '(you)'));
-        else if (!app.names.has(e.id) && !e.user) label.classList.add('anon');
+        else if (!e.named) label.classList.add('anon');
         if (!e.user && app.auth.mode !== 'none') {
           label.classList.add('unverified');
           label.title = 'Name not verified (not signed in)';
@@ -1114,6 +1161,7 @@
 
     function resetRoom() {
       app.subscribed = false;
+      app.historyLoaded = false;
       app.messages = [];
       app.seen = new Set();
       app.epochs = new Map();
@@ -1160,6 +1208,12 @@
         // new connection (subscriptions carry over).
         if (app.tokenName !== undefined && app.tokenName !== name) client.close();
         client.reconnectNow();
+      } else if (!client.user && client.sentName && client.sentName !== name) {
+        // The server takes a new name only on a connection without
+        // subscriptions: start a new connection, on which the rooms are
+        // joined again under the new name (and recover what they missed).
+        client.close();
+        client.reconnectNow();
       }
 
       const channel = ROOM_PREFIX + room;
@@ -1205,6 +1259,62 @@
       });
     }
 
+    // ----- live server stats -----
+
+    const STATS_INTERVAL = 2000;
+    const statsPoll = { timer: null, busy: false, gone: false };
+
+    /**
+     * loadStats polls the server's api/stats (connections, publications per
+     * second; PROTOCOL.md) every STATS_INTERVAL while the page is visible; a
+     * hidden page stops asking until it is shown again. A server without it
+     * (404) hides the view and is not asked again.
+     */
+    function loadStats() {
+      statsPoll.timer = null;
+      if (statsPoll.gone || statsPoll.busy || document.hidden) return;
+      if (typeof global.fetch !== 'function') {
+        statsPoll.gone = els.stats.hidden = true;
+        return;
+      }
+      statsPoll.busy = true;
+      global
+        .fetch('api/stats', { cache: 'no-store' })
+        .then((r) => {
+          if (r.status === 404) return 'gone';
+          return r.ok ? r.json() : null;
+        })
+        .then(
+          (j) => {
+            if (j === 'gone') statsPoll.gone = els.stats.hidden = true;
+            else renderStats(j);
+          },
+          () => renderStats(null) // offline or restarting: keep asking
+        )
+        .then(() => {
+          statsPoll.busy = false;
+          if (!statsPoll.gone && !statsPoll.timer) statsPoll.timer = setTimeout(loadStats, STATS_INTERVAL);
+        });
+    }
+
+    document.addEventListener('visibilitychange', () => {
+      if (document.hidden || statsPoll.busy) return;
+      clearTimeout(statsPoll.timer);
+      loadStats();
+    });
+
+    function renderStats(j) {
+      if (!j || typeof j !== 'object' || !Number.isFinite(j.connections) || !Number.isFinite(j.messages_per_second)) {
+        els.stats.dataset.state = 'stale'; // the last numbers stay, greyed
+        return;
+      }
+      app.stats = { connections: j.connections, messagesPerSecond: j.messages_per_second };
+      els.stats.dataset.state = 'live';
+      els.statsConnections.textContent = Math.max(0, Math.round(j.connections)).toLocaleString();
+      const rate = Math.max(0, j.messages_per_second);
+      els.statsRate.textContent = rate < 10 ? rate.toFixed(1) : Math.round(rate).toLocaleString();
+    }
+
     // ----- client events -----
 
     client.on('state', () => {
@@ -1244,12 +1354,10 @@
       app.subscribed = true;
       updateControls();
       loadPresence(d.channel);
-      if (d.initial) {
-        loadHistory(d.channel);
-      } else if (!d.recovered) {
-        showNotice('Reconnected, but some messages may be missing.');
-        loadHistory(d.channel);
-      }
+      if (!d.initial && !d.recovered) showNotice('Reconnected, but some messages may be missing.');
+      // Also when the history asked for before never came (the connection
+      // dropped first: a rename reconnects right after joining).
+      if (d.initial || !d.recovered || !app.historyLoaded) loadHistory(d.channel);
     });
 
     client.on('subscribe_error', (d) => {
@@ -1393,6 +1501,16 @@
       get refreshes() {
         return client.refreshes;
       },
+      get stats() {
+        return app.stats && Object.assign({}, app.stats);
+      },
+      /** label and hue of a client id as shown (for tests). */
+      labelOf: shortId,
+      hueOf: hue,
+      /** names shown in the presence list, in order. */
+      get presenceNames() {
+        return [...els.presence.querySelectorAll('.person-name')].map((n) => n.textContent);
+      },
       snapshot() {
         const h = global.fanoutApp;
         return {
@@ -1431,6 +1549,7 @@
     renderStatus();
     renderPresence();
     updateControls();
+    loadStats();
     loadAuth().then(() => {
       if (app.auth.mode !== 'none') client.getToken = getToken;
       if (app.auth.dev && savedName && !validateName(savedName)) app.name = savedName;

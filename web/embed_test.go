@@ -3,6 +3,7 @@ package web
 import (
 	"go/parser"
 	"go/token"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -42,6 +43,10 @@ func TestHandlerServes(t *testing.T) {
 		{"nested", "GET", "/client.js/x", 404, "", ""},
 		{"post", "POST", "/", 405, "", ""},
 		{"head", "HEAD", "/client.js", 200, "text/javascript; charset=utf-8", ""},
+		// The end-to-end test driver in web/e2e is neither embedded nor served.
+		{"e2e driver", "GET", "/e2e/driver.js", 404, "", ""},
+		{"e2e package", "GET", "/e2e/package.json", 404, "", ""},
+		{"e2e modules", "GET", "/e2e/node_modules/puppeteer-core/package.json", 404, "", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -129,6 +134,33 @@ func TestIndexSecurityHeaders(t *testing.T) {
 			t.Errorf("CSP %q lacks %q", csp, want)
 		}
 	}
+	// The page may connect to its own origin only: no scheme-wide sources
+	// (ws:, wss:, https:) and no other host.
+	directives := map[string]string{}
+	for _, d := range strings.Split(csp, ";") {
+		name, value, _ := strings.Cut(strings.TrimSpace(d), " ")
+		directives[name] = strings.TrimSpace(value)
+	}
+	if got := directives["connect-src"]; got != "'self'" {
+		t.Errorf("connect-src %q, want 'self' alone", got)
+	}
+}
+
+// Only the three app files are embedded: nothing else in the directory (the
+// e2e driver and its node_modules, Go sources) can be served.
+func TestEmbedsOnlyTheApp(t *testing.T) {
+	var names []string
+	if err := fs.WalkDir(files, ".", func(path string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			names = append(names, path)
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(names, " "); got != "client.js index.html style.css" {
+		t.Fatalf("embedded files: %s", got)
+	}
 }
 
 // The app must work offline and must never build HTML from strings.
@@ -164,7 +196,7 @@ func TestAssetsAreSelfContained(t *testing.T) {
 // The chromedp end-to-end test relies on these element ids.
 func TestIndexHasTestIDs(t *testing.T) {
 	index := do(t, "GET", "/", nil).Body.String()
-	for _, id := range []string{"name", "room", "join", "join-error", "message", "send", "status", "status-text", "messages", "presence", "notice", "errors"} {
+	for _, id := range []string{"name", "room", "join", "join-error", "message", "send", "status", "status-text", "messages", "presence", "notice", "errors", "stats", "stats-connections", "stats-rate"} {
 		if !strings.Contains(index, `id="`+id+`"`) {
 			t.Errorf("index.html lacks id=%q", id)
 		}

@@ -59,6 +59,7 @@ func main() {
 		asJSON  = flag.Bool("json", false, "print the result as JSON")
 		readMsg = flag.Bool("read-first", false, "expect and read one message after each upgrade (fanout's connected push)")
 		useTLS  = flag.Bool("tls", false, "connect with TLS (wss://; the server's certificate is not verified)")
+		deflate = flag.Bool("deflate", false, "offer permessage-deflate in each upgrade (to compare idle memory with compression negotiated)")
 	)
 	flag.Parse()
 	if flag.NArg() == 0 {
@@ -66,6 +67,10 @@ func main() {
 		os.Exit(2)
 	}
 	dialTLS = *useTLS
+	offer = ""
+	if *deflate {
+		offer = "Sec-WebSocket-Extensions: permessage-deflate\r\n"
+	}
 	res, err := measure(flag.Args(), *addr, *path, *conns, *workers, *settle, strings.Split(*sources, ","), *readMsg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "idlerss:", err)
@@ -155,11 +160,14 @@ func waitListening(addr string, timeout time.Duration) error {
 	}
 }
 
+// offer is the extension header each upgrade carries (-deflate).
+var offer string
+
 // dialMany opens n upgraded connections with a bounded number of
 // concurrent handshakes. The sockets are then left idle: no goroutine reads
 // them.
 func dialMany(addr, path string, n, workers int, sources []string, readFirst bool) ([]net.Conn, int) {
-	req := []byte("GET " + path + " HTTP/1.1\r\nHost: " + addr + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+	req := []byte("GET " + path + " HTTP/1.1\r\nHost: " + addr + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" + offer + "\r\n")
 	var (
 		mu     sync.Mutex
 		held   = make([]net.Conn, 0, n)

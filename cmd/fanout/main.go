@@ -5,6 +5,10 @@
 //
 // "fanout token --secret S --sub alice ..." prints an HS256 token for
 // development (see tokenCommand).
+//
+// "fanout healthcheck" exits 0 when the server configured by the
+// environment answers /healthz (the container image's HEALTHCHECK; see
+// healthcheckCommand).
 package main
 
 import (
@@ -28,6 +32,11 @@ func main() {
 	var err error
 	if len(os.Args) > 1 && os.Args[1] == "token" {
 		err = tokenCommand(os.Args[2:], os.Stdout, os.Stderr)
+	} else if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
+		if err = healthcheckCommand(os.Args[2:], os.Stdout, os.Stderr); err != nil && !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "fanout:", err)
+			os.Exit(1) // unhealthy: what HEALTHCHECK expects
+		}
 	} else {
 		err = run(os.Args[1:], os.Stderr)
 	}
@@ -53,12 +62,16 @@ func run(args []string, stderr io.Writer) error {
 
 		trustedProxies string
 		brokerURL      string
+		compression    string
 	)
 	fs.StringVar(&cfg.Addr, "addr", ":8080", "TCP address to listen on")
 	fs.BoolVar(&cfg.ReusePort, "reuse-port", false, "set SO_REUSEPORT so several processes share the port")
 	fs.StringVar(&cfg.TLSCertFile, "tls-cert", "", "PEM certificate chain: with --tls-key, the port serves https:// and wss:// only (reloaded on SIGHUP)")
 	fs.StringVar(&cfg.TLSKeyFile, "tls-key", "", "PEM private key of --tls-cert")
 	fs.IntVar(&cfg.MaxMessageBytes, "max-message-bytes", 1<<20, "largest client message in bytes (larger: close 1009)")
+	fs.StringVar(&compression, "compression", "on", "permessage-deflate for clients that offer it: on or off")
+	fs.IntVar(&cfg.CompressionMinBytes, "compression-min-bytes", 256, "messages shorter than this go uncompressed (negative: compress all)")
+	fs.IntVar(&cfg.CompressionLevel, "compression-level", 1, "compress/flate level, 1 (fastest) to 9 (smallest)")
 	fs.IntVar(&cfg.MaxReassemblyBytes, "max-reassembly-bytes", 256<<20, "bytes all connections together may hold for messages still arriving (over: that connection is closed 1009; negative: no bound)")
 	fs.IntVar(&cfg.MaxSubscriptionsPerConn, "max-subscriptions-per-conn", 1024, "channels one connection may subscribe to (over: error too_large; negative: no limit)")
 	fs.Float64Var(&cfg.CommandRate, "command-rate", 100, "commands per second per connection, on average (over: error rate_limited; ignoring it: close 1008; negative: no limit)")
@@ -107,7 +120,7 @@ func run(args []string, stderr io.Writer) error {
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: fanout [flags]\n       fanout token --secret S --sub USER [flags]   (print a development token; fanout token -h)\n\nEvery flag can also be set as FANOUT_<NAME> (e.g. FANOUT_ADDR=:9000).\n\n")
+		fmt.Fprintf(fs.Output(), "Usage: fanout [flags]\n       fanout token --secret S --sub USER [flags]   (print a development token; fanout token -h)\n       fanout healthcheck [--url URL]               (exit 0 when the server answers /healthz)\n\nEvery flag can also be set as FANOUT_<NAME> (e.g. FANOUT_ADDR=:9000).\n\n")
 		fs.PrintDefaults()
 	}
 	if err := applyEnv(fs); err != nil {
@@ -128,6 +141,17 @@ func run(args []string, stderr io.Writer) error {
 	}
 	if trustedProxies != "" {
 		cfg.TrustedProxies = strings.Split(trustedProxies, ",")
+	}
+	switch compression {
+	case "on":
+		cfg.Compression = engine.CompressionOn
+	case "off":
+		cfg.Compression = engine.CompressionOff
+	default:
+		return fmt.Errorf("--compression=%q: want on or off", compression)
+	}
+	if cfg.CompressionLevel < 1 || cfg.CompressionLevel > 9 {
+		return fmt.Errorf("--compression-level=%d: want 1 to 9", cfg.CompressionLevel)
 	}
 	cfg.AnonymousChannels = splitList(anonChannels)
 	cfg.AnonymousPublish = splitList(anonPublish)

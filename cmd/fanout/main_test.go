@@ -137,6 +137,9 @@ func TestFlags(t *testing.T) {
 		{"unknown flag", []string{"--nope"}, "", 2, "flag provided but not defined"},
 		{"bad env value", nil, "FANOUT_IDLE_TIMEOUT=soon", 2, "FANOUT_IDLE_TIMEOUT"},
 		{"bad log format", []string{"--log-format", "xml"}, "", 2, "--log-format"},
+		{"bad compression", []string{"--compression", "maybe"}, "", 2, "--compression"},
+		{"bad compression level", []string{"--compression-level", "12"}, "", 2, "--compression-level"},
+		{"compression in help", []string{"--help"}, "", 0, "-compression-min-bytes int"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

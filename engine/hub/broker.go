@@ -81,3 +81,55 @@ type BrokerHandler interface {
 	// pub must not be modified afterwards.
 	HandlePublication(ch string, pub *codec.Publication)
 }
+
+// PresenceBroker is a Broker that keeps presence across nodes: the hub
+// checks for it with a type assertion, and with one it reports every
+// node's clients in Presence and pushes other nodes' joins and leaves to
+// its presence listeners. Without one (the memory broker) presence covers
+// this node's clients only, which on a single node is everyone.
+//
+// The hub still pushes its own clients' joins and leaves to its own
+// listeners itself, as it does without a PresenceBroker; the broker carries
+// them to the other nodes and brings theirs back through
+// PresenceHandler.HandlePresence (the BrokerHandler the hub registers with
+// Run implements it).
+//
+// Contract:
+//   - Join and Leave record that info subscribed to ch on this node (its
+//     subscribe completed) or left it. The hub calls them with the
+//     channel's lock held, in the order the subscriptions changed, so they
+//     must not block or call back into the hub: a broker queues them and
+//     applies them in that order per (ch, info.Client). The hub calls Leave
+//     only after Join for the same subscription, and info.Client is unique
+//     per connection across nodes.
+//   - Presence returns the clients subscribed to ch on the other nodes
+//     (this node's own the hub lists itself), in no particular order. What
+//     a Join or Leave on another node changes shows up after a delay the
+//     broker documents (it is not ordered with anything). A broker that
+//     cannot answer returns an error wrapping ErrUnavailable.
+//   - A node that dies without Leave for its clients: the broker drops
+//     them from Presence and delivers their leaves to the other nodes
+//     within a bounded time it documents.
+//   - Presence state stays bounded: a channel holds at most one entry per
+//     subscription, and a dead node's entries expire.
+type PresenceBroker interface {
+	Broker
+	// Join records that info subscribed to ch on this node. It never
+	// blocks.
+	Join(ch string, info codec.ClientInfo)
+	// Leave records that info left ch on this node. It never blocks.
+	Leave(ch string, info codec.ClientInfo)
+	// Presence returns the clients subscribed to ch on the other nodes.
+	Presence(ctx context.Context, ch string) ([]codec.ClientInfo, error)
+}
+
+// PresenceHandler receives the joins and leaves of other nodes' clients
+// from a PresenceBroker. The hub's BrokerHandler implements it.
+type PresenceHandler interface {
+	// HandlePresence pushes a join (join true) or leave of info, a client
+	// of another node, to this node's presence listeners of ch. A broker
+	// calls it from its delivery of ch, never concurrently with
+	// HandlePublication for ch; it never blocks and never calls back into
+	// the Broker.
+	HandlePresence(ch string, join bool, info codec.ClientInfo)
+}

@@ -37,13 +37,13 @@ type channel struct {
 	// is enough to read it.
 	mu           sync.Mutex
 	members      map[Subscriber]*member
-	encCount     [2]int // members per encoding (index enc-1)
-	shardCount   []int  // members per shard
-	activeShards int    // shards with shardCount > 0
-	present      int    // members whose subscribe completed
-	listenEnc    [2]int // presence listeners per encoding
-	listenShard  []int  // presence listeners per shard
-	listenShards int    // shards with listenShard > 0
+	formCount    [numForms]int // members per frame form (form.go)
+	shardCount   []int         // members per shard
+	activeShards int           // shards with shardCount > 0
+	present      int           // members whose subscribe completed
+	listenForm   [numForms]int // presence listeners per frame form
+	listenShard  []int         // presence listeners per shard
+	listenShards int           // shards with listenShard > 0
 
 	// locals[i] is this channel's state on shard i, owned by shard i's
 	// worker alone (nil when the shard holds none of its subscribers).
@@ -63,14 +63,14 @@ type channel struct {
 // member is one subscriber of a channel.
 type member struct {
 	info     codec.ClientInfo
-	enc      codec.Encoding
+	form     form
 	shard    int
 	active   bool // reply sent and activate queued; counts in presence
 	listener bool // asked for presence pushes (set once active)
 }
 
 func (c *channel) addCounts(m *member, delta int) {
-	c.encCount[m.enc-1] += delta
+	c.formCount[m.form] += delta
 	before := c.shardCount[m.shard]
 	c.shardCount[m.shard] += delta
 	switch after := c.shardCount[m.shard]; {
@@ -85,7 +85,7 @@ func (c *channel) addCounts(m *member, delta int) {
 // Called with c.mu held; the shard worker keeps the listeners themselves.
 func (c *channel) addListener(m *member) {
 	m.listener = true
-	c.listenEnc[m.enc-1]++
+	c.listenForm[m.form]++
 	if c.listenShard[m.shard]++; c.listenShard[m.shard] == 1 {
 		c.listenShards++
 	}
@@ -93,7 +93,7 @@ func (c *channel) addListener(m *member) {
 
 func (c *channel) removeListener(m *member) {
 	m.listener = false
-	c.listenEnc[m.enc-1]--
+	c.listenForm[m.form]--
 	if c.listenShard[m.shard]--; c.listenShard[m.shard] == 0 {
 		c.listenShards--
 	}

@@ -8,11 +8,13 @@ import (
 	"log/slog"
 	"math"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/fanout-dev/fanout/codec"
+	"github.com/fanout-dev/fanout/engine/deflate"
 	"github.com/fanout-dev/fanout/engine/wsframe"
 	"github.com/gobwas/ws"
 )
@@ -119,7 +121,11 @@ type Config struct {
 	// Broker assigns positions, keeps history and delivers publications.
 	// If nil, NewMemoryBroker with the History fields above. The hub owns
 	// it: Close closes it.
-	Broker Broker
+	// Compressor compresses publications, presence pushes and replies for
+	// subscribers that negotiated permessage-deflate (DeflateSubscriber).
+	// Its zero value uses deflate's defaults.
+	Compressor deflate.Compressor
+	Broker     Broker
 	// Logger receives broker errors the hub cannot return to a caller. If
 	// nil, slog.Default().
 	Logger *slog.Logger
@@ -150,6 +156,7 @@ type Stats struct {
 	Published    uint64 // publications accepted by Publish
 	Broadcasts   uint64 // publications fanned out to this hub's subscribers
 	Encodes      uint64 // publication frames encoded (at most one per encoding per broadcast)
+	Compressed   uint64 // compressed frames made (at most one per encoding per broadcast, presence push or reply)
 	Deliveries   uint64 // publication frames handed to subscribers
 	Sends        uint64 // Send and SendBatch calls made for publications
 	Batches      uint64 // SendBatch calls carrying more than one publication
@@ -207,10 +214,12 @@ func (h *Hub) RestoreHistory() bool {
 // concurrent use.
 type Hub struct {
 	broker Broker
-	log    *slog.Logger
-	shards []*shard
-	seed   maphash.Seed
-	chans  [hubBuckets]hubBucket
+	// presence is broker when it keeps presence across nodes, else nil.
+	presence PresenceBroker
+	log      *slog.Logger
+	shards   []*shard
+	seed     maphash.Seed
+	chans    [hubBuckets]hubBucket
 
 	maxPub   int // Config.MaxPublicationBytes, math.MaxInt for none
 	maxReply int // Config.MaxReplyBytes, math.MaxInt for none
@@ -227,6 +236,8 @@ type Hub struct {
 	published     atomic.Uint64
 	broadcasts    atomic.Uint64
 	encodes       atomic.Uint64
+	compressed    atomic.Uint64 // compressed frames made (form.go)
+	compressor    deflate.Compressor
 	replies       atomic.Uint64
 	recovered     atomic.Uint64
 	notRecovered  atomic.Uint64
@@ -234,6 +245,8 @@ type Hub struct {
 	refused       atomic.Uint64
 	tooLarge      atomic.Uint64
 	truncated     atomic.Uint64
+
+	frameAge atomic.Pointer[wsframe.Observer] // SetFrameObserver (metrics.go)
 }
 
 // maxPendingPubs bounds the publications of one channel queued to the
@@ -255,13 +268,14 @@ func New(cfg Config) (*Hub, error) {
 		n = runtime.GOMAXPROCS(0)
 	}
 	h := &Hub{
-		broker:   cfg.Broker,
-		log:      cfg.Logger,
-		seed:     maphash.MakeSeed(),
-		shards:   make([]*shard, n),
-		done:     make(chan struct{}),
-		maxPub:   sizeLimit(cfg.MaxPublicationBytes, DefaultMaxPublicationBytes),
-		maxReply: sizeLimit(cfg.MaxReplyBytes, DefaultMaxReplyBytes),
+		broker:     cfg.Broker,
+		compressor: cfg.Compressor,
+		log:        cfg.Logger,
+		seed:       maphash.MakeSeed(),
+		shards:     make([]*shard, n),
+		done:       make(chan struct{}),
+		maxPub:     sizeLimit(cfg.MaxPublicationBytes, DefaultMaxPublicationBytes),
+		maxReply:   sizeLimit(cfg.MaxReplyBytes, DefaultMaxReplyBytes),
 	}
 	if h.broker == nil {
 		h.broker = NewMemoryBroker(MemoryBrokerConfig{
@@ -271,6 +285,7 @@ func New(cfg Config) (*Hub, error) {
 			HistoryChannels: cfg.HistoryChannels,
 		})
 	}
+	h.presence, _ = h.broker.(PresenceBroker)
 	if h.log == nil {
 		h.log = slog.Default()
 	}
@@ -308,6 +323,20 @@ type handler struct{ h *Hub }
 
 func (x handler) HandlePublication(ch string, pub *codec.Publication) { x.h.broadcast(ch, pub) }
 
+// HandlePresence implements PresenceHandler: another node's join or leave
+// goes to this node's listeners of ch, in order with the publications the
+// broker delivered before it.
+func (x handler) HandlePresence(ch string, join bool, info codec.ClientInfo) {
+	h := x.h
+	c := h.lookup(ch)
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	h.presencePush(c, join, info)
+	c.mu.Unlock()
+}
+
 // Close stops the broker and the shard workers. Publications still queued
 // are dropped (their frames released). It is idempotent; every method
 // returns ErrClosed afterwards.
@@ -338,6 +367,7 @@ func (h *Hub) Stats() Stats {
 		Published:     h.published.Load(),
 		Broadcasts:    h.broadcasts.Load(),
 		Encodes:       h.encodes.Load(),
+		Compressed:    h.compressed.Load(),
 		Replies:       h.replies.Load(),
 		Recovered:     h.recovered.Load(),
 		NotRecovered:  h.notRecovered.Load(),
@@ -401,7 +431,7 @@ func (h *Hub) Subscribe(s Subscriber, req SubscribeRequest) error {
 	// 1. Register s as pending: from the moment its "add" op is queued
 	// (under c.mu, so ordered with every publication queued by
 	// broadcast), its shard buffers publications for it.
-	m := &member{info: s.Info(), enc: enc, shard: h.shardOf(s)}
+	m := &member{info: s.Info(), form: formOf(s, enc), shard: h.shardOf(s)}
 	c.subMu.Lock()
 	if _, ok := c.members[s]; ok {
 		c.subMu.Unlock()
@@ -428,7 +458,7 @@ func (h *Hub) Subscribe(s Subscriber, req SubscribeRequest) error {
 		c.addListener(m)
 		h.listeners.Add(1)
 	}
-	h.shards[m.shard].push(item{kind: opAdd, ch: c, sub: s, enc: enc, listener: req.Presence})
+	h.shards[m.shard].push(item{kind: opAdd, ch: c, sub: s, form: m.form, listener: req.Presence})
 	c.mu.Unlock()
 	c.subMu.Unlock()
 	h.subscriptions.Add(1)
@@ -478,7 +508,7 @@ func (h *Hub) Subscribe(s Subscriber, req SubscribeRequest) error {
 	if req.HasID {
 		f := wsframe.Get()
 		f.B = codec.AppendSubscribeOK(f.B, enc, req.ID, pos, recovered, pubs)
-		s.Send(f.Finish(opcode(enc)))
+		s.Send(h.finishReply(f, enc, m.form))
 		h.replies.Add(1)
 	}
 
@@ -491,10 +521,15 @@ func (h *Hub) Subscribe(s Subscriber, req SubscribeRequest) error {
 	// to s.
 	c.mu.Lock()
 	if c.members[s] == m { // not unsubscribed meanwhile
-		h.shards[m.shard].push(item{kind: opActivate, ch: c, sub: s, enc: enc, pos: pos, listener: req.Presence})
+		h.shards[m.shard].push(item{kind: opActivate, ch: c, sub: s, form: m.form, pos: pos, listener: req.Presence})
 		m.active = true
 		c.present++
 		h.presencePush(c, true, m.info)
+		if h.presence != nil {
+			// Under c.mu, so that the broker sees this member's join and
+			// leave in order; Join only queues.
+			h.presence.Join(c.name, m.info)
+		}
 	}
 	c.mu.Unlock()
 	return nil
@@ -535,7 +570,7 @@ func (h *Hub) remove(c *channel, s Subscriber, m *member) bool {
 	c.addCounts(m, -1)
 	// Queued before the leave: s's shard stops delivering to s (presence
 	// included) before it sees its own leave.
-	h.shards[m.shard].push(item{kind: opRemove, ch: c, sub: s, enc: m.enc})
+	h.shards[m.shard].push(item{kind: opRemove, ch: c, sub: s, form: m.form})
 	if m.listener {
 		c.removeListener(m)
 		h.listeners.Add(-1)
@@ -543,6 +578,9 @@ func (h *Hub) remove(c *channel, s Subscriber, m *member) bool {
 	if m.active {
 		c.present--
 		h.presencePush(c, false, m.info)
+		if h.presence != nil {
+			h.presence.Leave(c.name, m.info)
+		}
 	}
 	last := len(c.members) == 0
 	c.mu.Unlock()
@@ -570,22 +608,12 @@ func (h *Hub) presencePush(c *channel, join bool, info codec.ClientInfo) {
 		return
 	}
 	d := &delivery{}
-	for i, n := range c.listenEnc {
-		if n == 0 {
-			continue
-		}
-		enc := codec.Encoding(i + 1)
-		f := wsframe.Get()
+	h.encodeForms(d, &c.listenForm, c.listenShards, func(b []byte, enc codec.Encoding) []byte {
 		if join {
-			f.B = codec.AppendJoin(f.B, enc, c.name, info)
-		} else {
-			f.B = codec.AppendLeave(f.B, enc, c.name, info)
+			return codec.AppendJoin(b, enc, c.name, info)
 		}
-		d.frames[i] = f.Finish(opcode(enc))
-		if c.listenShards > 1 {
-			f.Retain(c.listenShards - 1)
-		}
-	}
+		return codec.AppendLeave(b, enc, c.name, info)
+	})
 	for i, n := range c.listenShard {
 		if n > 0 {
 			h.shards[i].push(item{kind: opPresence, ch: c, d: d})
@@ -692,20 +720,34 @@ func (h *Hub) waitForRoom(ctx context.Context, c *channel) error {
 	}
 }
 
-// Presence returns the clients subscribed to channel on this hub (whose
-// subscribe has completed), in no particular order.
+// Presence returns the clients subscribed to channel (whose subscribe has
+// completed), in no particular order: on this hub, and with a
+// PresenceBroker on every node (this hub's own exactly, the other nodes'
+// as the broker knows them; an error wrapping ErrUnavailable when it
+// cannot answer).
 func (h *Hub) Presence(channel string) ([]codec.ClientInfo, error) {
 	if h.closed.Load() {
 		return nil, ErrClosed
 	}
+	var out []codec.ClientInfo
+	if h.presence != nil {
+		remote, err := h.presence.Presence(context.Background(), channel)
+		if err != nil {
+			return nil, err
+		}
+		out = remote
+	}
 	c := h.acquire(channel, false)
 	if c == nil {
-		return []codec.ClientInfo{}, nil
+		if out == nil {
+			out = []codec.ClientInfo{}
+		}
+		return out, nil
 	}
 	defer h.release(c)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	out := make([]codec.ClientInfo, 0, c.present)
+	out = slices.Grow(out, c.present)
 	for _, m := range c.members {
 		if m.active {
 			out = append(out, m.info)
@@ -718,6 +760,10 @@ func (h *Hub) Presence(channel string) ([]codec.ClientInfo, error) {
 func (h *Hub) PresenceCount(channel string) (int, error) {
 	if h.closed.Load() {
 		return 0, ErrClosed
+	}
+	if h.presence != nil {
+		all, err := h.Presence(channel)
+		return len(all), err
 	}
 	c := h.acquire(channel, false)
 	if c == nil {
@@ -843,18 +889,11 @@ func (h *Hub) broadcast(ch string, pub *codec.Publication) {
 		return
 	}
 	d := &delivery{pub: pub}
-	for i, n := range c.encCount {
-		if n == 0 {
-			continue
-		}
-		enc := codec.Encoding(i + 1)
-		f := wsframe.Get()
-		f.B = codec.AppendPub(f.B, enc, pub)
-		d.frames[i] = f.Finish(opcode(enc))
-		if c.activeShards > 1 {
-			f.Retain(c.activeShards - 1)
-		}
-		h.encodes.Add(1)
+	h.encodeForms(d, &c.formCount, c.activeShards, func(b []byte, enc codec.Encoding) []byte {
+		return codec.AppendPub(b, enc, pub)
+	})
+	if o := h.frameAge.Load(); o != nil {
+		d.track(*o) // metrics.go
 	}
 	// In flight until every shard it is queued to has handed it out.
 	d.left.Store(int32(c.activeShards))

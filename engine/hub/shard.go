@@ -27,8 +27,8 @@ const (
 // in use. The broadcaster gives every shard it queues d to one reference of
 // each frame.
 type delivery struct {
-	pub    *codec.Publication // nil for a presence push
-	frames [2]*wsframe.Frame  // index enc-1; nil when no subscriber used enc
+	pub    *codec.Publication       // nil for a presence push
+	frames [numForms]*wsframe.Frame // index form; nil when no subscriber uses it
 	// left counts the shards that have yet to hand a publication out;
 	// the last one takes it out of its channel's inflight.
 	left atomic.Int32
@@ -45,7 +45,7 @@ func (d *delivery) release() {
 // item is one entry of a shard's queue.
 type item struct {
 	kind     opKind
-	enc      codec.Encoding
+	form     form
 	listener bool // opActivate: sub asked for presence pushes
 	ch       *channel
 	d        *delivery
@@ -67,10 +67,10 @@ func (it *item) drop() {
 // local is one channel's subscribers on one shard. Only that shard's worker
 // touches it.
 type local struct {
-	subs    [2][]Subscriber // active subscribers per encoding
+	subs    [numForms][]Subscriber // active subscribers per frame form
 	index   map[Subscriber]int
-	listen  [2][]Subscriber    // active presence listeners per encoding (a subset of subs)
-	lindex  map[Subscriber]int // index in listen; nil until the first listener
+	listen  [numForms][]Subscriber // active presence listeners per frame form (a subset of subs)
+	lindex  map[Subscriber]int     // index in listen; nil until the first listener
 	pending []*pendingSub
 	// Queued and not yet sent: publications (run) or presence pushes
 	// (prun), never both, so that sending one then the other keeps their
@@ -81,14 +81,19 @@ type local struct {
 }
 
 func (l *local) empty() bool {
-	return len(l.subs[0])+len(l.subs[1])+len(l.pending) == 0
+	for _, subs := range l.subs {
+		if len(subs) > 0 {
+			return false
+		}
+	}
+	return len(l.pending) == 0
 }
 
 // pendingSub is a subscriber whose subscribe reply is not out yet: what is
 // published meanwhile waits here (one frame reference each).
 type pendingSub struct {
 	sub      Subscriber
-	enc      codec.Encoding
+	form     form
 	listener bool // buffers presence pushes too
 	buf      []buffered
 }
@@ -231,7 +236,7 @@ func (sh *shard) process(items []item) {
 				it.ch.locals[sh.id] = l
 			}
 			sh.flush(l)
-			l.pending = append(l.pending, &pendingSub{sub: it.sub, enc: it.enc, listener: it.listener})
+			l.pending = append(l.pending, &pendingSub{sub: it.sub, form: it.form, listener: it.listener})
 		case opActivate:
 			if l != nil {
 				sh.flush(l)
@@ -267,12 +272,12 @@ func (sh *shard) flushAll() {
 	sh.touched = sh.touched[:0]
 }
 
-// pendingIn counts l's pending subscribers of encoding index e (only the
+// pendingIn counts l's pending subscribers of frame form e (only the
 // presence listeners among them with listeners).
 func (l *local) pendingIn(e int, listeners bool) int {
 	n := 0
 	for _, p := range l.pending {
-		if int(p.enc)-1 == e && (p.listener || !listeners) {
+		if int(p.form) == e && (p.listener || !listeners) {
 			n++
 		}
 	}
@@ -307,7 +312,7 @@ func (sh *shard) flushPresence(l *local) {
 		sendAll(ls, fs)
 		if np > 0 {
 			for _, p := range l.pending {
-				if p.listener && int(p.enc)-1 == e {
+				if p.listener && int(p.form) == e {
 					for _, f := range fs {
 						p.buf = append(p.buf, buffered{f: f})
 					}
@@ -385,7 +390,7 @@ func (sh *shard) flushPubs(l *local) {
 		}
 		if np > 0 {
 			for _, p := range l.pending {
-				if int(p.enc)-1 != e {
+				if int(p.form) != e {
 					continue
 				}
 				for _, d := range ds {
@@ -445,7 +450,7 @@ func (sh *shard) activate(l *local, it *item) {
 	}
 	clear(fs)
 	sh.scratch = fs[:0]
-	e := p.enc - 1
+	e := p.form
 	l.index[p.sub] = len(l.subs[e])
 	l.subs[e] = append(l.subs[e], p.sub)
 	if it.listener {
@@ -460,23 +465,23 @@ func (sh *shard) activate(l *local, it *item) {
 // remove drops a subscriber, live or pending.
 func (sh *shard) remove(l *local, it *item) {
 	if i, ok := l.lindex[it.sub]; ok {
-		ls := l.listen[it.enc-1]
+		ls := l.listen[it.form]
 		last := len(ls) - 1
 		moved := ls[last]
 		ls[i] = moved
 		l.lindex[moved] = i
 		ls[last] = nil
-		l.listen[it.enc-1] = ls[:last]
+		l.listen[it.form] = ls[:last]
 		delete(l.lindex, it.sub)
 	}
 	if i, ok := l.index[it.sub]; ok {
-		subs := l.subs[it.enc-1]
+		subs := l.subs[it.form]
 		last := len(subs) - 1
 		moved := subs[last]
 		subs[i] = moved
 		l.index[moved] = i
 		subs[last] = nil
-		l.subs[it.enc-1] = subs[:last]
+		l.subs[it.form] = subs[:last]
 		delete(l.index, it.sub)
 		return
 	}

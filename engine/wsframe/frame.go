@@ -28,6 +28,11 @@ type Frame struct {
 	bb    *bytebufferpool.ByteBuffer
 	start int
 	refs  atomic.Int32
+
+	// age, when set by Track, receives the seconds from born (monotonic
+	// nanoseconds since clockBase) to the last Release (track.go).
+	age  Observer
+	born int64
 }
 
 var (
@@ -86,6 +91,23 @@ func (f *Frame) Finish(op ws.OpCode) *Frame {
 	return f
 }
 
+// FinishCompressed is Finish for a payload compressed with
+// permessage-deflate: the header also has RSV1 set (RFC 7692 6).
+func (f *Frame) FinishCompressed(op ws.OpCode) *Frame {
+	f.Finish(op)
+	f.B[f.start] |= rsv1
+	return f
+}
+
+// rsv1 is the first header byte's "per-message compressed" bit.
+const rsv1 = 0x40
+
+// OpCode is the opcode of a finished frame.
+func (f *Frame) OpCode() ws.OpCode { return ws.OpCode(f.B[f.start] & 0x0f) }
+
+// Compressed reports whether a finished frame is marked compressed (RSV1).
+func (f *Frame) Compressed() bool { return f.B[f.start]&rsv1 != 0 }
+
 // FinishRaw marks f as raw bytes to be written as they are, with no frame
 // header: the HTTP response of a handshake travels through the same queue.
 func (f *Frame) FinishRaw() *Frame {
@@ -118,6 +140,9 @@ func (f *Frame) Release() {
 	// Put sees the used length: bytebufferpool calibrates its size classes
 	// from it and would drop every buffer as oversized if it saw zero.
 	live.Add(-1)
+	if f.age != nil {
+		f.observeAge()
+	}
 	f.bb.B = f.B
 	bufferPool.Put(f.bb)
 	f.bb, f.B = nil, nil

@@ -10,6 +10,7 @@ package redisbroker
 import (
 	"context"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -159,6 +160,117 @@ func BenchmarkMemoryBrokerPublish(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		if _, err := m.Publish(ctx, "bench", benchPub()); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// presenceCounter counts the joins and leaves another node delivers.
+type presenceCounter struct {
+	joins, leaves atomic.Int64
+	wake          chan struct{}
+}
+
+func newPresenceCounter() *presenceCounter { return &presenceCounter{wake: make(chan struct{}, 1)} }
+
+func (*presenceCounter) HandlePublication(string, *codec.Publication) {}
+
+func (c *presenceCounter) HandlePresence(_ string, join bool, _ codec.ClientInfo) {
+	if join {
+		c.joins.Add(1)
+	} else {
+		c.leaves.Add(1)
+	}
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// wait blocks until f holds, woken by each delivery.
+func (c *presenceCounter) wait(b *testing.B, f func() bool) {
+	t := time.NewTimer(10 * time.Second)
+	defer t.Stop()
+	for !f() {
+		select {
+		case <-c.wake:
+		case <-t.C:
+			b.Fatalf("presence not delivered: %d joins, %d leaves", c.joins.Load(), c.leaves.Load())
+		}
+	}
+}
+
+// presencePair is a node that joins and leaves, and another subscribed to
+// the channel that counts what it receives.
+func presencePair(b *testing.B) (*Broker, *Broker, *presenceCounter) {
+	r := startRedis(b)
+	writer := newTestBroker(b, r.URL, newRecorder(b), Config{})
+	pc := newPresenceCounter()
+	listener, err := New(Config{URL: r.URL, Logger: quietLogger()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := listener.Run(pc); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { listener.Close() })
+	if err := listener.Subscribe("pbench"); err != nil {
+		b.Fatal(err)
+	}
+	return writer, listener, pc
+}
+
+func benchInfo(i int) codec.ClientInfo {
+	return codec.ClientInfo{Client: "c" + strconv.Itoa(i) + "abcdefghijklmnop", User: "user-" + strconv.Itoa(i), Name: "A Display Name"}
+}
+
+// BenchmarkPresenceJoinLeave: one join, then one leave, each waited for on
+// the other node: a round trip to Redis (one script) plus the pub/sub
+// delivery, per op.
+func BenchmarkPresenceJoinLeave(b *testing.B) {
+	writer, _, pc := presencePair(b)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		info := benchInfo(i)
+		writer.Join("pbench", info)
+		pc.wait(b, func() bool { return pc.joins.Load() == int64(i+1) })
+		writer.Leave("pbench", info)
+		pc.wait(b, func() bool { return pc.leaves.Load() == int64(i+1) })
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(2*b.N), "µs/join-or-leave")
+}
+
+// BenchmarkPresenceJoinLeaveBurst: b.N clients join at once, then leave at
+// once, as when many subscribe together: the writes are pipelined.
+func BenchmarkPresenceJoinLeaveBurst(b *testing.B) {
+	writer, _, pc := presencePair(b)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		writer.Join("pbench", benchInfo(i))
+	}
+	pc.wait(b, func() bool { return pc.joins.Load() == int64(b.N) })
+	for i := 0; i < b.N; i++ {
+		writer.Leave("pbench", benchInfo(i))
+	}
+	pc.wait(b, func() bool { return pc.leaves.Load() == int64(b.N) })
+	b.StopTimer()
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(2*b.N), "µs/join-or-leave")
+}
+
+// BenchmarkPresence100: a presence request for a channel with 100 clients
+// on another node (one HGETALL).
+func BenchmarkPresence100(b *testing.B) {
+	writer, listener, pc := presencePair(b)
+	for i := range 100 {
+		writer.Join("pbench", benchInfo(i))
+	}
+	pc.wait(b, func() bool { return pc.joins.Load() == 100 })
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		infos, err := listener.Presence(ctx, "pbench")
+		if err != nil || len(infos) != 100 {
+			b.Fatal(len(infos), err)
 		}
 	}
 }

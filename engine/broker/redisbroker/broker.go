@@ -23,6 +23,12 @@
 // with an error wrapping hub.ErrUnavailable (the engine answers
 // "unavailable"), Healthy says why (/readyz), and the broker reconnects by
 // itself, subscribes again and catches up every channel of interest.
+//
+// The broker is also a hub.PresenceBroker (presence.go): every node writes
+// its clients' presence entries to a hash per channel, publishes their joins
+// and leaves on the channel's pub/sub channel, and renews a heartbeat; the
+// entries of a node whose heartbeat expired (Config.NodeTTL) are removed by
+// the others, which publish the leaves.
 package redisbroker
 
 import (
@@ -81,6 +87,14 @@ type Config struct {
 	// silent for three intervals is considered dead. If zero,
 	// DefaultPingInterval (1 s).
 	PingInterval time.Duration
+	// NodeTTL bounds how long the clients of a node that died stay in
+	// other nodes' presence: each node renews a heartbeat in Redis every
+	// NodeTTL/3, and once a node's has not been renewed for NodeTTL, the
+	// next heartbeat of any other node removes its clients from presence
+	// and pushes their leaves (so within about NodeTTL + NodeTTL/3 of its
+	// last heartbeat). A node cut off from Redis for longer rewrites its
+	// entries when it is back. If zero, DefaultNodeTTL (6 s).
+	NodeTTL time.Duration
 	// Workers is the number of delivery goroutines. If zero,
 	// 2*GOMAXPROCS, at least 4.
 	Workers int
@@ -103,6 +117,10 @@ type Stats struct {
 	// broker started a new epoch for them.
 	Regressions uint64
 	Channels    int // channels of interest
+	// Presence across nodes.
+	PresenceIn     uint64 // joins and leaves of other nodes' clients handed to the hub
+	PresenceReaped uint64 // entries of dead nodes this node removed
+	Resyncs        uint64 // full rewrites of this node's entries (after its heartbeat expired)
 }
 
 // Broker is the Redis broker. Create it with New and give it to the hub
@@ -120,7 +138,20 @@ type Broker struct {
 	seed    maphash.Seed
 	workers []*worker
 
-	handler hub.BrokerHandler
+	handler  hub.BrokerHandler
+	phandler hub.PresenceHandler // handler, when it takes presence
+
+	// Presence (presence.go). pmu is a leaf lock: Join and Leave take it
+	// under the hub's channel lock, and nothing is called with it held.
+	node    string // this node's id, new at every start
+	nodeTTL time.Duration
+	pmu     sync.Mutex
+	plocal  map[string]map[string]string // channel -> client -> info blob: this node's entries
+	pdirty  map[pkey]struct{}            // entries to write (from plocal) or remove
+	presync bool                         // rewrite every entry (pdirty is then empty)
+	pwake   chan struct{}
+	crashed atomic.Bool // tests: presence writes and heartbeats stop, as in a crash
+	reaping atomic.Bool // a goroutine is removing dead nodes' entries
 
 	mu       sync.RWMutex
 	link     *link                 // current pub/sub link, nil while none
@@ -143,6 +174,11 @@ type Broker struct {
 	caughtUp    atomic.Uint64
 	lost        atomic.Uint64
 	regressions atomic.Uint64
+	presenceIn  atomic.Uint64
+	reaped      atomic.Uint64
+	resyncs     atomic.Uint64
+
+	rtt roundTrips // metrics.go
 }
 
 // New checks cfg and returns a broker; it connects when the hub runs it.
@@ -165,9 +201,18 @@ func New(cfg Config) (*Broker, error) {
 		interest: make(map[string]*chanState),
 		ready:    make(chan struct{}),
 		stop:     make(chan struct{}),
+		node:     newNodeID(),
+		nodeTTL:  cfg.NodeTTL,
+		plocal:   make(map[string]map[string]string),
+		pdirty:   make(map[pkey]struct{}),
+		pwake:    make(chan struct{}, 1),
+		rtt:      newRoundTrips(),
 	}
 	if b.prefix == "" {
 		b.prefix = DefaultPrefix
+	}
+	if b.nodeTTL <= 0 {
+		b.nodeTTL = DefaultNodeTTL
 	}
 	switch {
 	case b.size == 0:
@@ -252,12 +297,15 @@ func (b *Broker) Run(h hub.BrokerHandler) error {
 		return errors.New("redisbroker: already running")
 	}
 	b.handler = h
+	b.phandler, _ = h.(hub.PresenceHandler)
 	for _, w := range b.workers {
 		b.wg.Add(1)
 		go w.run()
 	}
-	b.wg.Add(1)
+	b.wg.Add(3)
 	go b.connLoop()
+	go b.presenceLoop()
+	go b.heartbeatLoop()
 	if b.metaMS > 0 {
 		b.wg.Add(1)
 		go b.refreshLoop(time.Duration(b.metaMS) * time.Millisecond / 4)
@@ -285,6 +333,7 @@ func (b *Broker) Close() error {
 			w.close()
 		}
 		b.wg.Wait()
+		b.goodbye()
 		_ = b.rdb.Close()
 	})
 	return nil
@@ -320,6 +369,10 @@ func (b *Broker) Stats() Stats {
 		Lost:        b.lost.Load(),
 		Regressions: b.regressions.Load(),
 		Channels:    n,
+
+		PresenceIn:     b.presenceIn.Load(),
+		PresenceReaped: b.reaped.Load(),
+		Resyncs:        b.resyncs.Load(),
 	}
 }
 
@@ -367,8 +420,10 @@ func (b *Broker) Publish(ctx context.Context, ch string, pub *codec.Publication)
 	blob := appendBlob(make([]byte, 0, 16+len(pub.Info.Client)+len(pub.Info.User)+len(pub.Info.Name)+len(pub.JSON)+len(pub.Msgpack)), pub)
 	cctx, cancel := context.WithTimeout(ctx, b.timeout)
 	defer cancel()
+	start := time.Now()
 	res, err := publishScript.Run(cctx, b.rdb, []string{b.metaKey(ch), b.streamKey(ch)},
 		blob, newEpoch(), b.size, b.ttlMS, b.metaMS, b.pubsubKey(ch)).Slice()
+	b.rtt.publishDone(start)
 	if err != nil {
 		return codec.StreamPosition{}, cmdErr(ctx, err)
 	}
@@ -593,6 +648,7 @@ func (b *Broker) refreshLoop(every time.Duration) {
 			pipe := b.rdb.Pipeline()
 			for _, ch := range chans[:n] {
 				pipe.PExpire(ctx, b.metaKey(ch), time.Duration(b.metaMS)*time.Millisecond)
+				pipe.PExpire(ctx, b.presenceKey(ch), time.Duration(b.metaMS)*time.Millisecond)
 			}
 			_, _ = pipe.Exec(ctx)
 			cancel()

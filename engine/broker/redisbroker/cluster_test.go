@@ -29,17 +29,20 @@ func (n *node) url() string { return "ws://" + n.srv.Addr().String() + "/ws" }
 
 func startNode(t *testing.T, redisURL string) *node {
 	t.Helper()
-	b, err := New(Config{URL: redisURL, Timeout: 500 * time.Millisecond, PingInterval: 200 * time.Millisecond, Logger: quietLogger()})
+	return startNodeWith(t, Config{URL: redisURL}, engine.Config{})
+}
+
+// startNodeWith starts a node with bc and ec (the test's timings and
+// addresses filled in).
+func startNodeWith(t *testing.T, bc Config, ec engine.Config) *node {
+	t.Helper()
+	bc.Timeout, bc.PingInterval, bc.Logger = 500*time.Millisecond, 200*time.Millisecond, quietLogger()
+	b, err := New(bc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := engine.New(engine.Config{
-		Addr:        "127.0.0.1:0",
-		Broker:      b,
-		IdleTimeout: 30 * time.Second,
-		CommandRate: -1,
-		Logger:      quietLogger(),
-	})
+	ec.Addr, ec.Broker, ec.IdleTimeout, ec.CommandRate, ec.Logger = "127.0.0.1:0", b, 30*time.Second, -1, quietLogger()
+	srv, err := engine.New(ec)
 	if err != nil {
 		t.Fatal(err)
 	}

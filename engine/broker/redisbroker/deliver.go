@@ -145,6 +145,10 @@ func (b *Broker) process(t *task) {
 // a duplicate is dropped; after a gap (or in another epoch) the channel is
 // caught up from history first.
 func (b *Broker) handleMsg(st *chanState, payload []byte) {
+	if len(payload) > 0 && (payload[0] == 'j' || payload[0] == 'l') {
+		b.handlePresenceMsg(st, payload)
+		return
+	}
 	off, epoch, blob, err := parseMessage(payload)
 	if err != nil {
 		b.log.Error("redisbroker: malformed message", "channel", st.ch, "err", err)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -49,16 +50,38 @@ func startRedis(t testing.TB) *redisServer {
 		}
 		t.Skip(line)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	port := freePort(t)
 	r := &redisServer{t: t, path: path, port: port, dir: t.TempDir(), URL: fmt.Sprintf("redis://127.0.0.1:%d", port)}
 	r.start()
 	t.Cleanup(func() { r.stop(true) })
 	return r
+}
+
+// freePort returns a free port below the ephemeral range. A port in that
+// range can be taken while redis-server is down or starting by a client's
+// outgoing connection (on loopback even by a connection to that very port,
+// which then connects to itself), and redis-server would fail to bind it.
+func freePort(t testing.TB) int {
+	t.Helper()
+	lo := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		_, _ = fmt.Sscan(string(b), &lo)
+	}
+	if lo > 11000 {
+		for range 100 {
+			p := 10000 + rand.IntN(lo-10000)
+			if ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p)); err == nil {
+				ln.Close()
+				return p
+			}
+		}
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
 }
 
 func (r *redisServer) start() {
@@ -84,7 +107,11 @@ func (r *redisServer) start() {
 		if time.Now().After(deadline) {
 			r.t.Fatalf("redis-server not answering: %v", err)
 		}
-		time.Sleep(20 * time.Millisecond)
+		select {
+		case <-done:
+			r.t.Fatalf("redis-server exited at start (port %d taken?): %v", r.port, err)
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 }
 

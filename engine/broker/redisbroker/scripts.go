@@ -10,7 +10,7 @@ import "github.com/redis/go-redis/v9"
 //
 // Both keys of a channel share the hash tag {C}, so that the scripts below
 // touch one slot. Offsets are the stream IDs, so a history read from an
-// offset is one XRANGE.
+// offset is one XRANGE. Presence keys and scripts are in presence.go.
 
 // publishScript assigns the next offset, stores the publication and
 // publishes it, in one step: Redis runs a script alone, so every node sees
