@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -17,6 +18,8 @@ import (
 	"github.com/bytedance/gopkg/util/gopool"
 	"github.com/cloudwego/netpoll"
 	"github.com/gobwas/ws"
+
+	"github.com/fanout-dev/fanout/codec"
 )
 
 // Phases of a worker.
@@ -470,7 +473,12 @@ func (a *agent) connectClient(ctx context.Context, c *client) {
 		}
 		return
 	}
-	// fanout subscribers and echo clients subscribe before they count.
+	// fanout subscribers and echo clients subscribe before they count. A
+	// subscribe answered "unavailable" (a cluster node whose broker did not
+	// answer in time: busy, or down) is sent again after a pause, as a
+	// client would, until --connect-timeout; each retry is counted.
+	c.retryUnavail.Store(true)
+	defer c.retryUnavail.Store(false)
 	done, err := c.subscribe(w)
 	if err == nil && t != transportPaused {
 		err = w.start()
@@ -482,23 +490,48 @@ func (a *agent) connectClient(ctx context.Context, c *client) {
 		return
 	}
 	deadline := began.Add(a.cfg.ConnectTimeout)
-	if t == transportPaused {
-		_ = w.serveUntil(func() bool {
+	backoff := 100 * time.Millisecond
+	for {
+		if t == transportPaused {
+			_ = w.serveUntil(func() bool {
+				select {
+				case <-done:
+					return true
+				default:
+					return false
+				}
+			}, deadline)
+		} else {
+			tm := time.NewTimer(time.Until(deadline))
 			select {
 			case <-done:
-				return true
-			default:
-				return false
+			case <-tm.C:
+			case <-ctx.Done():
 			}
-		}, deadline)
-	} else {
-		tm := time.NewTimer(time.Until(deadline))
-		select {
-		case <-done:
-		case <-tm.C:
-		case <-ctx.Done():
+			tm.Stop()
 		}
-		tm.Stop()
+		if c.ready.Load() || c.subID.Load() != 0 {
+			break // subscribed, or no reply in time
+		}
+		c.mu.Lock()
+		code := c.subErr
+		c.mu.Unlock()
+		if code != codec.CodeUnavailable {
+			break // counted by onReply
+		}
+		pause := backoff/2 + rand.N(backoff)
+		backoff = min(2*backoff, 2*time.Second)
+		if time.Now().Add(pause).After(deadline) || !sleepCtx(ctx, pause) {
+			a.subErrs.add("subscribe_unavailable", 1)
+			break
+		}
+		a.ctr.subRetries.Add(1)
+		if done, err = c.subscribe(w); err != nil {
+			a.subErrs.add("subscribe_write", 1)
+			c.dead.Store(true)
+			w.abort("subscribe_write")
+			return
+		}
 	}
 	if !c.ready.Load() {
 		if c.subID.Load() != 0 {
@@ -506,6 +539,18 @@ func (a *agent) connectClient(ctx context.Context, c *client) {
 		}
 		c.dead.Store(true)
 		w.closeWith(ws.StatusNormalClosure, causeClient)
+	}
+}
+
+// sleepCtx waits d, or less when ctx ends; it reports whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-tm.C:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 

@@ -37,6 +37,9 @@ type client struct {
 	busy    atomic.Bool   // churn: reconnecting
 	resumed atomic.Bool   // slow: reading again in the drain
 	nextID  atomic.Uint64 // next command id
+	// retryUnavail: the connect phase sends a subscribe answered
+	// "unavailable" again (connectClient), so onReply leaves it uncounted.
+	retryUnavail atomic.Bool
 
 	mu         sync.Mutex // stream position (fanout subscribers)
 	epoch      string
@@ -45,6 +48,7 @@ type client struct {
 	everSynced bool
 	stash      []uint64      // offsets of pushes that came before the reply
 	subDone    chan struct{} // closed when the pending subscribe is answered
+	subErr     string        // error code of the last subscribe reply ("" when ok)
 
 	window chan struct{} // publishers with --rate 0: in-flight window
 }
@@ -55,6 +59,7 @@ func (c *client) subscribe(w *wsConn) (<-chan struct{}, error) {
 	a := c.a
 	c.mu.Lock()
 	c.synced = false
+	c.subErr = ""
 	done := make(chan struct{})
 	c.subDone = done
 	recover, epoch, offset := c.everSynced, c.epoch, c.last
@@ -173,10 +178,13 @@ func (c *client) onReply(w *wsConn, m *codec.ServerMessage) {
 	if id := c.subID.Load(); id != 0 && m.ID == id {
 		c.subID.Store(0)
 		if m.ErrorCode != "" {
-			a.subErrs.add("subscribe_"+m.ErrorCode, 1)
+			if m.ErrorCode != codec.CodeUnavailable || !c.retryUnavail.Load() {
+				a.subErrs.add("subscribe_"+m.ErrorCode, 1)
+			}
 			c.mu.Lock()
 			done := c.subDone
 			c.subDone = nil
+			c.subErr = m.ErrorCode
 			c.mu.Unlock()
 			if done != nil {
 				close(done)

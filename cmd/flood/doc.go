@@ -48,7 +48,11 @@
 // ready on the reply; a publisher sends {"op":"publish","channel":C,
 // "id":N,"data":{"t":<unix nanos>,"p":"<padding>"}} with the data padded to
 // --size bytes and its reply acknowledges it; subscribers time the "pub"
-// pushes. Other pushes (connected, ...) are ignored.
+// pushes. Other pushes (connected, ...) are ignored. A subscribe answered
+// with the "unavailable" error (a cluster node whose broker did not answer
+// in time) is sent again after a pause (100 ms, doubling to 2 s, with
+// jitter) until --connect-timeout, as a client would; the table counts the
+// retries on its "ready" line.
 //
 // --protocol raw sends plain binary WebSocket messages: an 8-byte
 // big-endian send time in unix nanoseconds, a 4-byte publisher tag, then

@@ -21,6 +21,9 @@ type fakeFanout struct {
 	addr    string
 	history int
 	queue   int // outbound messages queued per connection before 1008
+	// unavailable: this many subscribes are answered with the
+	// "unavailable" error before any succeeds (a busy cluster broker).
+	unavailable int
 
 	mu   sync.Mutex
 	subs map[string]map[*fakeConn]struct{}
@@ -127,6 +130,11 @@ func (s *fakeFanout) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		switch cmd.Op {
 		case codec.OpSubscribe:
+			if s.unavailable > 0 {
+				s.unavailable--
+				c.enqueue(codec.AppendError(nil, enc, cmd.ID, true, codec.CodeUnavailable, "broker unavailable, retry later"))
+				break
+			}
 			var pubs []*codec.Publication
 			recovered := false
 			if cmd.HasRecover && string(cmd.RecoverEpoch) == "E" {
@@ -197,6 +205,47 @@ func TestBroadcastFanout(t *testing.T) {
 				t.Errorf("gaps %d dups %d", sm.Gaps, sm.Dups)
 			}
 		})
+	}
+}
+
+// A subscribe answered "unavailable" is retried until it succeeds; the
+// retries are counted and the subscriber is ready, not "not ready".
+func TestBroadcastRetriesUnavailable(t *testing.T) {
+	s := startFakeFanout(t, 100, 100_000)
+	s.mu.Lock()
+	s.unavailable = 30
+	s.mu.Unlock()
+	js := filepath.Join(t.TempDir(), "r.json")
+	code, out, _ := runFlood(t, "broadcast", "--url", s.url(), "--conns", "20", "--rate", "20",
+		"--duration", "1s", "--connect-timeout", "10s", "--channel", "retry", "--json", js)
+	if code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	sm := readReport(t, js).Summary
+	if sm.Ready != 20 || sm.SubRetries != 30 || len(sm.NotReady) != 0 {
+		t.Errorf("ready %d, retries %d, not ready %v; want 20, 30, none", sm.Ready, sm.SubRetries, sm.NotReady)
+	}
+	if sm.Lost != 0 || sm.Delivered != sm.Sent*20 {
+		t.Errorf("delivered %d of %d", sm.Delivered, sm.Expected)
+	}
+	if !strings.Contains(out, `30 subscribes retried after "unavailable"`) {
+		t.Errorf("table does not show the retries:\n%s", out)
+	}
+}
+
+// With --connect-timeout too short for the retries, the subscriber is
+// "not ready" with cause subscribe_unavailable.
+func TestBroadcastUnavailableGivesUp(t *testing.T) {
+	s := startFakeFanout(t, 100, 100_000)
+	s.mu.Lock()
+	s.unavailable = 1 << 30
+	s.mu.Unlock()
+	js := filepath.Join(t.TempDir(), "r.json")
+	runFlood(t, "broadcast", "--url", s.url(), "--conns", "3", "--rate", "10",
+		"--duration", "200ms", "--connect-timeout", "1s", "--channel", "giveup", "--json", js)
+	sm := readReport(t, js).Summary
+	if sm.Ready != 0 || len(sm.NotReady) != 1 || sm.NotReady[0].Cause != "subscribe_unavailable" || sm.NotReady[0].Count != 3 {
+		t.Errorf("ready %d, not ready %v; want 0, subscribe_unavailable 3", sm.Ready, sm.NotReady)
 	}
 }
 

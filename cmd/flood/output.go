@@ -367,7 +367,11 @@ func tableRows(r *Report) [][2]string {
 		[2]string{"disconnects", fmtCauses(s.DisconnectCauses)},
 	)
 	if cfg.Mode != modeConnect {
-		rows = append(rows, [2]string{"ready", fmt.Sprintf("%s subscribed/ready, %s measured", fmtCount(s.Ready), fmtCount(s.Measured))})
+		ready := fmt.Sprintf("%s subscribed/ready, %s measured", fmtCount(s.Ready), fmtCount(s.Measured))
+		if s.SubRetries > 0 {
+			ready += fmt.Sprintf("  (%s subscribes retried after \"unavailable\")", fmtCount(s.SubRetries))
+		}
+		rows = append(rows, [2]string{"ready", ready})
 		if len(s.NotReady) > 0 {
 			rows = append(rows, [2]string{"not ready", fmtCauses(s.NotReady)})
 		}

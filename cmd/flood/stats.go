@@ -175,6 +175,7 @@ type Counts struct {
 	RecoverFail   int64 `json:"recover_fail"`   // churn: replies with recovered=false or another epoch
 	Reconnects    int64 `json:"reconnects"`     // churn: successful resubscribes
 	ReconnectFail int64 `json:"reconnect_fail"` // churn: reconnects that failed
+	SubRetries    int64 `json:"sub_retries"`    // subscribes answered "unavailable" (cluster broker busy or down) and sent again
 	Pending       int64 `json:"pending"`        // things the drain waits for (echo in flight, slow reads, reconnects)
 	SlowShed      int64 `json:"slow_shed"`      // slow: non-reading subscribers closed with 1008
 	SlowDropped   int64 `json:"slow_dropped"`   // slow: non-reading subscribers closed otherwise
@@ -199,6 +200,7 @@ func (c *Counts) add(o Counts) {
 	c.RecoverFail += o.RecoverFail
 	c.Reconnects += o.Reconnects
 	c.ReconnectFail += o.ReconnectFail
+	c.SubRetries += o.SubRetries
 	c.Pending += o.Pending
 	c.SlowShed += o.SlowShed
 	c.SlowDropped += o.SlowDropped
@@ -211,7 +213,7 @@ type counters struct {
 	attempted, connOK, connFail, open, ready, measured, disconnects atomic.Int64
 	sent, acked, pubErr, recovered                                  atomic.Int64
 	gaps, dups, recoverFail, reconnects, reconnectFail, pending     atomic.Int64
-	slowShed, slowDropped, slowOpen                                 atomic.Int64
+	slowShed, slowDropped, slowOpen, subRetries                     atomic.Int64
 	lat                                                             *latRecorder
 }
 
@@ -228,6 +230,7 @@ func (c *counters) snapshot() Counts {
 		Gaps: c.gaps.Load(), Dups: c.dups.Load(), RecoverFail: c.recoverFail.Load(),
 		Reconnects: c.reconnects.Load(), ReconnectFail: c.reconnectFail.Load(), Pending: c.pending.Load(),
 		SlowShed: c.slowShed.Load(), SlowDropped: c.slowDropped.Load(), SlowOpen: c.slowOpen.Load(),
+		SubRetries: c.subRetries.Load(),
 	}
 }
 
