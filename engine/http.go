@@ -478,6 +478,7 @@ func (s *Server) newMetricsHandler() http.Handler {
 		{hubDesc("published_total", "Publications accepted."), prometheus.CounterValue, func(h hub.Stats) float64 { return float64(h.Published) }},
 		{hubDesc("broadcasts_total", "Publications fanned out."), prometheus.CounterValue, func(h hub.Stats) float64 { return float64(h.Broadcasts) }},
 		{hubDesc("encodes_total", "Publication frames encoded."), prometheus.CounterValue, func(h hub.Stats) float64 { return float64(h.Encodes) }},
+		{hubDesc("subscribe_local_positions_total", "Subscribes answered from the position this node already knew (the channel's newest publication here), with no broker read."), prometheus.CounterValue, func(h hub.Stats) float64 { return float64(h.LocalPositions) }},
 		{hubDesc("compressed_total", "Compressed (permessage-deflate) frames made: once per encoding per publication or presence push, and per large reply."), prometheus.CounterValue, func(h hub.Stats) float64 { return float64(h.Compressed) }},
 		{hubDesc("deliveries_total", "Publication frames handed to subscribers."), prometheus.CounterValue, func(h hub.Stats) float64 { return float64(h.Deliveries) }},
 		{hubDesc("batches_total", "Coalesced multi-publication sends."), prometheus.CounterValue, func(h hub.Stats) float64 { return float64(h.Batches) }},

@@ -44,6 +44,15 @@ type channel struct {
 	listenForm   [numForms]int // presence listeners per frame form
 	listenShard  []int         // presence listeners per shard
 	listenShards int           // shards with listenShard > 0
+	// newest is the channel's position as this node knows it while it is
+	// interested without a break (known set): the newest publication
+	// broadcast, or a position read from the broker since the interest
+	// began (interestGen). A subscribe needs no broker read when it is
+	// known (Subscribe, step 2): everything broadcast before its add op is
+	// at or below it, everything after is buffered for it.
+	newest      codec.StreamPosition
+	known       bool
+	interestGen uint64
 
 	// locals[i] is this channel's state on shard i, owned by shard i's
 	// worker alone (nil when the shard holds none of its subscribers).

@@ -41,7 +41,13 @@
 //  3. With no lock held, Subscribe reads the channel's position (and the
 //     history to recover) from the Broker. A publication queued before the
 //     "add" op had been stored before it, so it is at or below the position
-//     read; one above it is buffered or still to come.
+//     read; one above it is buffered or still to come. While the node
+//     follows the channel without a break the read is skipped: the
+//     position the channel's lock saw at the "add" op (the newest
+//     publication broadcast, or the first position read since the
+//     interest began: channel.newest) has the same two properties, so a
+//     subscribe, or a recovery from exactly that position, costs the
+//     broker nothing.
 //  4. With no lock held, Subscribe encodes the reply and sends it with
 //     Subscriber.Send, then, under the channel's lock, pushes an
 //     "activate" op: the worker sends what it buffered above the position
@@ -107,7 +113,13 @@
 // never calls the Broker with channel.mu held, which is what lets the
 // memory broker call HandlePublication with its channel lock held; the
 // memory broker evicts other channels' history only after releasing the
-// publishing channel's lock. Subscriber.Send and SendBatch are called by
+// publishing channel's lock. The one exception is a PresenceBroker's Join
+// and Leave, called with channel.mu held so that it sees one member's join
+// and leave in order: they must only queue, never wait or call back.
+//
+// With a PresenceBroker (the Redis broker), Presence merges the local
+// members with the other nodes' and their joins and leaves reach this
+// node's listeners through HandlePresence. Subscriber.Send and SendBatch are called by
 // shard workers (publications, presence pushes) with no hub lock held, and
 // by Subscribe (its reply) with no lock held; still, a Subscriber must
 // never call back into the Hub from them.

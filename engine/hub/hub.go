@@ -153,21 +153,24 @@ type Stats struct {
 	Listeners     int // subscriptions that asked for presence pushes
 	QueueDepth    int // operations waiting in shard queues
 	// Counters.
-	Published    uint64 // publications accepted by Publish
-	Broadcasts   uint64 // publications fanned out to this hub's subscribers
-	Encodes      uint64 // publication frames encoded (at most one per encoding per broadcast)
-	Compressed   uint64 // compressed frames made (at most one per encoding per broadcast, presence push or reply)
-	Deliveries   uint64 // publication frames handed to subscribers
-	Sends        uint64 // Send and SendBatch calls made for publications
-	Batches      uint64 // SendBatch calls carrying more than one publication
-	Replies      uint64 // subscribe replies sent
-	Recovered    uint64 // subscribes with recover that recovered everything
-	NotRecovered uint64 // subscribes with recover that could not
-	Presence     uint64 // join and leave pushes handed to listeners
-	Throttled    uint64 // publishes that waited for a backlogged fan-out
-	Refused      uint64 // TryPublish calls refused with ErrBackpressure
-	TooLarge     uint64 // publishes refused with ErrTooLarge
-	Truncated    uint64 // history replies cut, and recoveries refused, by MaxReplyBytes
+	Published  uint64 // publications accepted by Publish
+	Broadcasts uint64 // publications fanned out to this hub's subscribers
+	Encodes    uint64 // publication frames encoded (at most one per encoding per broadcast)
+	Compressed uint64 // compressed frames made (at most one per encoding per broadcast, presence push or reply)
+	// LocalPositions counts subscribes answered from the channel's known
+	// position, with no broker read.
+	LocalPositions uint64
+	Deliveries     uint64 // publication frames handed to subscribers
+	Sends          uint64 // Send and SendBatch calls made for publications
+	Batches        uint64 // SendBatch calls carrying more than one publication
+	Replies        uint64 // subscribe replies sent
+	Recovered      uint64 // subscribes with recover that recovered everything
+	NotRecovered   uint64 // subscribes with recover that could not
+	Presence       uint64 // join and leave pushes handed to listeners
+	Throttled      uint64 // publishes that waited for a backlogged fan-out
+	Refused        uint64 // TryPublish calls refused with ErrBackpressure
+	TooLarge       uint64 // publishes refused with ErrTooLarge
+	Truncated      uint64 // history replies cut, and recoveries refused, by MaxReplyBytes
 
 	// History of the default broker (zero with a Broker that does not
 	// report HistoryStats).
@@ -237,14 +240,17 @@ type Hub struct {
 	broadcasts    atomic.Uint64
 	encodes       atomic.Uint64
 	compressed    atomic.Uint64 // compressed frames made (form.go)
-	compressor    deflate.Compressor
-	replies       atomic.Uint64
-	recovered     atomic.Uint64
-	notRecovered  atomic.Uint64
-	throttled     atomic.Uint64
-	refused       atomic.Uint64
-	tooLarge      atomic.Uint64
-	truncated     atomic.Uint64
+	// localPositions counts subscribes answered from the channel's known
+	// position, without a broker read.
+	localPositions atomic.Uint64
+	compressor     deflate.Compressor
+	replies        atomic.Uint64
+	recovered      atomic.Uint64
+	notRecovered   atomic.Uint64
+	throttled      atomic.Uint64
+	refused        atomic.Uint64
+	tooLarge       atomic.Uint64
+	truncated      atomic.Uint64
 
 	frameAge atomic.Pointer[wsframe.Observer] // SetFrameObserver (metrics.go)
 }
@@ -360,21 +366,22 @@ func (h *Hub) stopWorkers() {
 // Stats returns the hub's counters.
 func (h *Hub) Stats() Stats {
 	s := Stats{
-		Shards:        len(h.shards),
-		Channels:      int(h.channels.Load()),
-		Subscriptions: int(h.subscriptions.Load()),
-		Listeners:     int(h.listeners.Load()),
-		Published:     h.published.Load(),
-		Broadcasts:    h.broadcasts.Load(),
-		Encodes:       h.encodes.Load(),
-		Compressed:    h.compressed.Load(),
-		Replies:       h.replies.Load(),
-		Recovered:     h.recovered.Load(),
-		NotRecovered:  h.notRecovered.Load(),
-		Throttled:     h.throttled.Load(),
-		Refused:       h.refused.Load(),
-		TooLarge:      h.tooLarge.Load(),
-		Truncated:     h.truncated.Load(),
+		Shards:         len(h.shards),
+		Channels:       int(h.channels.Load()),
+		Subscriptions:  int(h.subscriptions.Load()),
+		Listeners:      int(h.listeners.Load()),
+		Published:      h.published.Load(),
+		Broadcasts:     h.broadcasts.Load(),
+		Encodes:        h.encodes.Load(),
+		Compressed:     h.compressed.Load(),
+		LocalPositions: h.localPositions.Load(),
+		Replies:        h.replies.Load(),
+		Recovered:      h.recovered.Load(),
+		NotRecovered:   h.notRecovered.Load(),
+		Throttled:      h.throttled.Load(),
+		Refused:        h.refused.Load(),
+		TooLarge:       h.tooLarge.Load(),
+		Truncated:      h.truncated.Load(),
 	}
 	for _, sh := range h.shards {
 		s.Deliveries += sh.deliveries.Load()
@@ -443,6 +450,10 @@ func (h *Hub) Subscribe(s Subscriber, req SubscribeRequest) error {
 			return err
 		}
 		c.interested = true
+		c.mu.Lock()
+		c.interestGen++
+		c.known = false
+		c.mu.Unlock()
 	}
 	c.mu.Lock()
 	if len(c.members) == 0 {
@@ -459,6 +470,7 @@ func (h *Hub) Subscribe(s Subscriber, req SubscribeRequest) error {
 		h.listeners.Add(1)
 	}
 	h.shards[m.shard].push(item{kind: opAdd, ch: c, sub: s, form: m.form, listener: req.Presence})
+	known, newest, gen := c.known, c.newest, c.interestGen
 	c.mu.Unlock()
 	c.subMu.Unlock()
 	h.subscriptions.Add(1)
@@ -475,10 +487,31 @@ func (h *Hub) Subscribe(s Subscriber, req SubscribeRequest) error {
 	if req.Recover != nil {
 		since, limit = req.Recover, -1
 	}
-	pubs, pos, err := h.broker.History(context.Background(), req.Channel, since, limit)
-	if err != nil {
-		h.remove(c, s, m)
-		return err
+	var (
+		pubs []*codec.Publication
+		pos  codec.StreamPosition
+	)
+	switch r := req.Recover; {
+	case known && (r == nil || *r == newest):
+		// No broker round trip: a subscriber of a channel this node
+		// already follows (a reconnect storm to a hot channel) asks for
+		// the position, or recovers from it with nothing missed.
+		pos = newest
+		h.localPositions.Add(1)
+	default:
+		var err error
+		pubs, pos, err = h.broker.History(context.Background(), req.Channel, since, limit)
+		if err != nil {
+			h.remove(c, s, m)
+			return err
+		}
+		c.mu.Lock()
+		if !c.known && c.interestGen == gen && c.members[s] == m {
+			// Read after s's add op, in the same unbroken interest: the
+			// broker delivers everything after pos to this node.
+			c.known, c.newest = true, pos
+		}
+		c.mu.Unlock()
 	}
 	recovered := false
 	if r := req.Recover; r != nil {
@@ -887,6 +920,10 @@ func (h *Hub) broadcast(ch string, pub *codec.Publication) {
 	defer c.mu.Unlock()
 	if c.activeShards == 0 {
 		return
+	}
+	if p := (codec.StreamPosition{Epoch: pub.Epoch, Offset: pub.Offset}); len(c.members) > 0 &&
+		(!c.known || p.Epoch != c.newest.Epoch || p.Offset > c.newest.Offset) {
+		c.known, c.newest = true, p
 	}
 	d := &delivery{pub: pub}
 	h.encodeForms(d, &c.formCount, c.activeShards, func(b []byte, enc codec.Encoding) []byte {
