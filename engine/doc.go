@@ -109,7 +109,14 @@
 //   - third_party's patches (third_party/README.md): SetInputLimit stops
 //     reading a socket while that much input is unread (ReadAheadBytes) and
 //     a Release resumes it (readahead_test.go); the listener closes its
-//     descriptor once; the writev barrier is taken per flush.
+//     descriptor once; the writev barrier is taken per flush; accepted
+//     sockets, the epoll set and its eventfd are close-on-exec
+//     (TestNetpollAcceptsCloseOnExec).
+//   - netpoll removes its listener from its epoll set by descriptor number
+//     when the event loop shuts down, and every event loop of the process
+//     shares that set: the engine closes the listening socket early
+//     (stopAccepting, at the start of a drain) without freeing that number
+//     (TestDrainLeavesOtherEventLoopsAlone).
 //
 // Code that runs on netpoll's poller goroutine (runCallback) never waits:
 // no netpoll Close (it would free the connection's poller state from inside

@@ -567,3 +567,41 @@ func TestNetpollWriteBinaryNoCopyThreshold(t *testing.T) {
 		})
 	}
 }
+
+// TestNetpollAcceptsCloseOnExec pins patch 4 (third_party/README.md): a
+// socket netpoll accepts is close-on-exec, so that a child process the
+// server starts (a helper, a test's client, nginx) does not inherit it and
+// keep it open, and its epoll registration alive, after the server closed
+// it.
+func TestNetpollAcceptsCloseOnExec(t *testing.T) {
+	fds := make(chan int, 1)
+	addr := pinServe(t, func(ctx context.Context, c netpoll.Connection) error {
+		if f, ok := c.(interface{ Fd() int }); ok {
+			select {
+			case fds <- f.Fd():
+			default:
+			}
+		}
+		return c.Reader().Release()
+	})
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if _, err := nc.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case fd := <-fds:
+		flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if flags&unix.FD_CLOEXEC == 0 {
+			t.Fatalf("accepted fd %d has flags %#x: not close-on-exec", fd, flags)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no request")
+	}
+}

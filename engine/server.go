@@ -41,8 +41,11 @@ type Server struct {
 	// authn is authentication (authn.go): token keys, per-user limits.
 	authn *authenticator
 
-	evl      netpoll.EventLoop
-	ln       netpoll.Listener
+	evl netpoll.EventLoop
+	ln  netpoll.Listener
+	// stdln is the listening socket netpoll's listener was made from
+	// (it holds the socket too; stopAccepting).
+	stdln    net.Listener
 	wpoll    *writePoller
 	wheel    *timingWheel
 	httpSrv  *http.Server
@@ -248,7 +251,7 @@ func (s *Server) Start() error {
 		wp.close(false)
 		return fmt.Errorf("engine: listen: %w", err)
 	}
-	s.ln = ln
+	s.ln, s.stdln = ln, stdln
 	s.httpLn = newHandoffListener(ln.Addr())
 	s.httpSrv = &http.Server{
 		Handler:           s.httpHandler(),
@@ -423,10 +426,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		t.Stop()
 	}
-	s.listenerClosed.Store(true)
-	if s.ln != nil {
-		_ = s.ln.Close()
-	}
+	s.stopAccepting()
 	var batch []*Conn
 	for i := range s.registry.shards {
 		batch = s.registry.shards[i].snapshot(batch[:0])
@@ -468,6 +468,44 @@ func (s *Server) closeIfDraining(c *Conn) {
 	}
 }
 
+// stopAccepting closes the listening socket while the event loop goes on
+// serving the connections it has. Idempotent.
+//
+// netpoll's listener must not simply be closed here: its descriptor number
+// is registered in netpoll's epoll set, shared by every event loop of the
+// process, and netpoll removes it by number (EPOLL_CTL_DEL) when the event
+// loop shuts down, later. A number closed now is free for the next socket
+// the process opens (a connection of another event loop in this process,
+// the keep-alive loop, the TLS front's socketpairs), and that DEL would then
+// remove the new socket's registration instead: it would never be read
+// again (found with two servers in one process, each draining while the
+// other served). So /dev/null takes the number over until netpoll closes
+// it, and the socket itself closes with the net.Listener that also holds
+// it (its last descriptor: the kernel stops accepting, and the epoll
+// registration of the socket goes with it).
+func (s *Server) stopAccepting() {
+	if s.listenerClosed.Swap(true) || s.ln == nil {
+		return
+	}
+	if s.tls != nil {
+		// The pipes listener is the front's own and safe to close
+		// (tls.go); the front stops accepting at the TCP socket itself.
+		_ = s.ln.Close()
+		return
+	}
+	if fl, ok := s.ln.(interface{ Fd() int }); ok {
+		if null, err := unix.Open(os.DevNull, unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
+			if err := unix.Dup3(null, fl.Fd(), unix.O_CLOEXEC); err != nil {
+				s.log.Warn("listener: could not keep its descriptor number", "err", err)
+			}
+			_ = unix.Close(null)
+		}
+	}
+	if s.stdln != nil {
+		_ = s.stdln.Close()
+	}
+}
+
 // waitEmpty polls until every connection has closed or ctx is done.
 func (s *Server) waitEmpty(ctx context.Context) error {
 	t := time.NewTicker(10 * time.Millisecond)
@@ -486,10 +524,7 @@ func (s *Server) waitEmpty(ctx context.Context) error {
 // frame. Idempotent.
 func (s *Server) Close() error {
 	s.draining.Store(true)
-	s.listenerClosed.Store(true)
-	if s.ln != nil {
-		_ = s.ln.Close()
-	}
+	s.stopAccepting()
 	if s.httpSrv != nil {
 		_ = s.httpSrv.Close()
 	}

@@ -31,13 +31,15 @@ func openDefaultPoll() (*defaultPoll, error) {
 	poll := new(defaultPoll)
 
 	poll.buf = make([]byte, 8)
-	p, err := EpollCreate(0)
+	// fanout patch (close-on-exec): a child process must not inherit the
+	// poller (nor, below, its eventfd).
+	p, err := EpollCreate(syscall.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, err
 	}
 	poll.fd = p
 
-	r0, _, e0 := syscall.Syscall(syscall.SYS_EVENTFD2, 0, 0, 0)
+	r0, _, e0 := syscall.Syscall(syscall.SYS_EVENTFD2, 0, syscall.O_CLOEXEC, 0)
 	if e0 != 0 {
 		_ = syscall.Close(poll.fd)
 		return nil, e0
