@@ -16,6 +16,7 @@ func logVersion(t *testing.T, d driver) {
 // TestGorilla: gorilla/websocket, with EnableCompression (it offers
 // permessage-deflate without context takeover) and NextWriter fragments.
 func TestGorilla(t *testing.T) {
+	t.Parallel() // servers side by side in one process: see TestDrainLeavesOtherEventLoopsAlone
 	d := newGoDriver(gorillaLib{})
 	logVersion(t, d)
 	runMatrix(t, clientSpec{name: "gorilla", encodings: []string{"json", "msgpack"}, deflate: true, fragments: true}, d)
@@ -24,6 +25,7 @@ func TestGorilla(t *testing.T) {
 // TestCoder: coder/websocket with CompressionContextTakeover, and its
 // Writer's frames.
 func TestCoder(t *testing.T) {
+	t.Parallel() // servers side by side in one process: see TestDrainLeavesOtherEventLoopsAlone
 	d := newGoDriver(coderLib{})
 	logVersion(t, d)
 	runMatrix(t, clientSpec{name: "coder", encodings: []string{"json", "msgpack"}, deflate: true, fragments: true}, d)
@@ -33,6 +35,7 @@ func TestCoder(t *testing.T) {
 // offers permessage-deflate by default, with python3-msgpack; an iterable
 // passed to send is a fragmented message.
 func TestPythonWebsockets(t *testing.T) {
+	t.Parallel() // servers side by side in one process: see TestDrainLeavesOtherEventLoopsAlone
 	py := lookPython(t, "websockets", "msgpack")
 	d := startProc(t, "python3-websockets", nil, py, "python/driver.py", "websockets")
 	logVersion(t, d)
@@ -43,6 +46,7 @@ func TestPythonWebsockets(t *testing.T) {
 // which has no compression; send_frame sends fragments. Version 1.2.3
 // (Debian 12) does not know close code 1012: see closeSeen1012.
 func TestPythonWebsocketClient(t *testing.T) {
+	t.Parallel() // servers side by side in one process: see TestDrainLeavesOtherEventLoopsAlone
 	py := lookPython(t, "websocket", "msgpack")
 	d := startProc(t, "python3-websocket", nil, py, "python/driver.py", "websocket-client")
 	logVersion(t, d)
@@ -68,6 +72,7 @@ func closeSeen1012(t *testing.T, want int, r reply) int {
 // TestNodeWs: npm ws without and with perMessageDeflate, with
 // @msgpack/msgpack; send(..., {fin: false}) sends fragments.
 func TestNodeWs(t *testing.T) {
+	t.Parallel() // servers side by side in one process: see TestDrainLeavesOtherEventLoopsAlone
 	node := lookProgram(t, "node", "node", "nodejs")
 	nodeModules(t, "ws", "@msgpack/msgpack")
 	for _, v := range []struct {
