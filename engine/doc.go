@@ -17,7 +17,9 @@
 //     (pieces are kept in Conn.inbuf until it is complete, HandshakeTimeout
 //     from accept). A request for /ws is upgraded by gobwas/ws reading that
 //     head straight from netpoll's buffer; anything else is lent to net/http
-//     through handoffListener.
+//     through handoffListener. A later upgrade on a connection net/http
+//     serves (a proxy's kept-alive upstream connection) is handed back to
+//     a second event loop and upgraded there the same way (proxy.go).
 //  3. read: onRequest never waits. It parses each complete frame in place
 //     from netpoll's nocopy buffer, unmasks it in place and handles it; the
 //     start of an incomplete frame is copied to Conn.inbuf (pooled), which
