@@ -218,3 +218,34 @@ func TestDeflateBombFromGorilla(t *testing.T) {
 		return nil
 	})
 }
+
+// TestInflationCountsAgainstReassemblyBudget: what a compressed message
+// inflates to is taken from --max-reassembly-bytes as it is inflated, so a
+// few KiB on the wire cannot hold more than the budget, however many
+// connections send them.
+func TestInflationCountsAgainstReassemblyBudget(t *testing.T) {
+	s := startServer(t, Config{MaxMessageBytes: 1 << 20, MaxReassemblyBytes: 128 << 10})
+	tc := dialDeflate(t, s, false, true)
+	payload := `{"op":"publish","id":1,"channel":"x","data":"` + strings.Repeat("0", 512<<10) + `"}`
+	if err := tc.c.WriteMessage(websocket.TextMessage, []byte(payload)); err != nil {
+		t.Fatal(err)
+	}
+	_ = tc.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		_, _, err := tc.c.ReadMessage()
+		if err == nil {
+			continue
+		}
+		ce, ok := err.(*websocket.CloseError)
+		if !ok || ce.Code != 1009 || !strings.Contains(ce.Text, "reassembly budget") {
+			t.Fatalf("got %v, want close 1009 for the reassembly budget", err)
+		}
+		break
+	}
+	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if n := s.reassembly.Load(); n != 0 {
+			return fmt.Errorf("reassembly bytes %d", n)
+		}
+		return nil
+	})
+}

@@ -406,24 +406,32 @@ func (s *Server) addFragment(c *Conn, fin bool, payload []byte) *CloseError {
 
 // inflateMessage inflates a compressed data message (its frames' payloads
 // joined, RFC 7692 7.2.2) and handles it. The inflated size is bounded by
-// MaxMessageBytes (past it: close 1009, whatever the ratio) and, while the
-// message is handled, counts against the reassembly budget.
+// MaxMessageBytes (past it: close 1009, whatever the ratio), and the bytes
+// are taken from the reassembly budget as they are inflated, before they
+// are in memory: a kilobyte on the wire must not become a megabyte outside
+// MaxReassemblyBytes, on every connection at once.
 func (s *Server) inflateMessage(c *Conn, op ws.OpCode, compressed []byte) *CloseError {
 	buf := bytebufferpool.Get()
 	defer bytebufferpool.Put(buf)
-	out, err := deflate.Inflate(buf.B[:0], compressed, s.cfg.MaxMessageBytes)
+	charged := 0
+	defer func() { s.uncharge(charged) }()
+	out, err := deflate.Inflate(buf.B[:0], compressed, s.cfg.MaxMessageBytes, func(n int) bool {
+		if !s.charge(n) {
+			return false
+		}
+		charged += n
+		return true
+	})
 	buf.B = out
 	switch err {
 	case nil:
 	case deflate.ErrTooLarge:
 		return errInflatedTooBig
+	case deflate.ErrNoRoom:
+		return errReassemblyBudget
 	default:
 		return errBadDeflate
 	}
-	if !s.charge(len(out)) {
-		return errReassemblyBudget
-	}
-	defer s.uncharge(len(out))
 	s.stats.inflated.Add(1)
 	return s.handleMessage(c, op, out)
 }

@@ -108,6 +108,8 @@ var (
 	// ErrCorrupt: the message is not a valid DEFLATE stream (or uses a
 	// context the server told the client not to keep).
 	ErrCorrupt = errors.New("deflate: invalid compressed data")
+	// ErrNoRoom: Inflate's reserve refused the next bytes.
+	ErrNoRoom = errors.New("deflate: no room for the inflated message")
 )
 
 // inflateTail follows a message's bytes: the sync-flush tail RFC 7692
@@ -168,7 +170,12 @@ const inflateChunk = 32 << 10
 // bomb costs at most limit bytes and the time to inflate them. The
 // decompressor starts with no context: the server negotiated
 // client_no_context_takeover.
-func Inflate(dst []byte, msg []byte, limit int) ([]byte, error) {
+//
+// reserve, when not nil, is asked for the output's bytes before they are
+// inflated (in steps of at most 32 KiB, never more than limit+1 in all): a
+// false answer stops with ErrNoRoom. It lets the caller count what a few
+// bytes on the wire turn into against a budget before it is in memory.
+func Inflate(dst []byte, msg []byte, limit int, reserve func(n int) bool) ([]byte, error) {
 	pr, _ := readers.Get().(*pooledReader)
 	if pr == nil {
 		pr = &pooledReader{}
@@ -182,13 +189,19 @@ func Inflate(dst []byte, msg []byte, limit int) ([]byte, error) {
 		pr.src = source{}
 		readers.Put(pr)
 	}()
-	start := len(dst)
+	start, reserved := len(dst), 0
 	for {
 		if len(dst) == cap(dst) {
 			grow := min(max(cap(dst)-start, 512), inflateChunk)
 			dst = append(dst, make([]byte, grow)...)[:len(dst)]
 		}
-		room := min(cap(dst)-len(dst), limit+1-(len(dst)-start))
+		room := min(cap(dst)-len(dst), limit+1-(len(dst)-start), inflateChunk)
+		if need := len(dst) - start + room - reserved; reserve != nil && need > 0 {
+			if !reserve(need) {
+				return dst, ErrNoRoom
+			}
+			reserved += need
+		}
 		n, err := pr.zr.Read(dst[len(dst) : len(dst)+room])
 		dst = dst[:len(dst)+n]
 		if len(dst)-start > limit {

@@ -133,7 +133,7 @@ func TestCompressorFrame(t *testing.T) {
 				if got := stdInflate(t, z.Payload()); !bytes.Equal(got, tt.payload) {
 					t.Fatal("standard inflate differs")
 				}
-				got, err := Inflate(nil, z.Payload(), len(tt.payload))
+				got, err := Inflate(nil, z.Payload(), len(tt.payload), nil)
 				if err != nil || !bytes.Equal(got, tt.payload) {
 					t.Fatalf("Inflate: %v", err)
 				}
@@ -172,7 +172,7 @@ func TestInflate(t *testing.T) {
 		{"bomb", compress(make([]byte, 32<<20)), 1 << 20, ErrTooLarge},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			out, err := Inflate([]byte("prefix"), tt.in, tt.limit)
+			out, err := Inflate([]byte("prefix"), tt.in, tt.limit, nil)
 			if !errors.Is(err, tt.err) {
 				t.Fatalf("err %v, want %v", err, tt.err)
 			}
@@ -202,12 +202,12 @@ func FuzzInflate(f *testing.F) {
 		if limit < 0 || limit > 4<<20 {
 			return
 		}
-		out, err := Inflate(nil, in, limit)
+		out, err := Inflate(nil, in, limit, nil)
 		if len(out) > limit+1 {
 			t.Fatalf("%d bytes past limit %d", len(out), limit)
 		}
 		if err == nil {
-			again, err := Inflate(nil, compress(out), limit)
+			again, err := Inflate(nil, compress(out), limit, nil)
 			if err != nil || !bytes.Equal(again, out) {
 				t.Fatalf("round trip: %v", err)
 			}
@@ -247,9 +247,45 @@ func BenchmarkInflate(b *testing.B) {
 			buf := make([]byte, 0, size)
 			for b.Loop() {
 				var err error
-				if buf, err = Inflate(buf[:0], z, size); err != nil {
+				if buf, err = Inflate(buf[:0], z, size, nil); err != nil {
 					b.Fatal(err)
 				}
+			}
+		})
+	}
+}
+
+// TestInflateReserve: the output is reserved before it is inflated, never
+// more than the limit and one chunk, and a refusal stops at once.
+func TestInflateReserve(t *testing.T) {
+	msg := bytes.Repeat([]byte("0123456789"), 20000) // 200,000 bytes
+	z := compress(msg)
+	for _, tt := range []struct {
+		name   string
+		budget int
+		err    error
+	}{
+		{"budget=plenty", 1 << 20, nil},
+		{"budget=100000", 100000, ErrNoRoom},
+		{"budget=0", 0, ErrNoRoom},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			reserved := 0
+			out, err := Inflate(nil, z, 1<<20, func(n int) bool {
+				if reserved+n > tt.budget {
+					return false
+				}
+				reserved += n
+				return true
+			})
+			if !errors.Is(err, tt.err) {
+				t.Fatalf("err %v, want %v", err, tt.err)
+			}
+			if len(out) > reserved {
+				t.Fatalf("inflated %d bytes with %d reserved", len(out), reserved)
+			}
+			if err == nil && (!bytes.Equal(out, msg) || reserved > len(msg)+inflateChunk) {
+				t.Fatalf("reserved %d for %d bytes", reserved, len(msg))
 			}
 		})
 	}
