@@ -456,6 +456,10 @@ func (c *Conn) queueCloseLocked(reason *CloseError, dropQueued bool) {
 		c.queue = c.queue[:keep]
 	}
 	c.state.Store(stateClosing)
+	// From here lastActive is when the close was queued (reads no longer
+	// move it): the sweeper gives what is queued ahead of the close frame
+	// WriteTimeout+CloseTimeout from then, however slowly the peer drains.
+	c.lastActive.Store(c.srv.now())
 	c.srv.stats.closeSent(reason.Code)
 	f := wsframe.Close(reason.Code, reason.Reason)
 	c.reserveLocked()

@@ -177,9 +177,7 @@ func (c *Conn) partialStarted() {
 	}
 }
 
-// dropInbuf returns the partial-input buffer to the pool. Once the
-// connection is closed (onClosed calls it) it frees the reassembly buffer
-// too, so that its bytes go back to the server's budget.
+// dropInbuf returns the partial-input buffer to the pool.
 func (c *Conn) dropInbuf() {
 	if c.inbuf != nil {
 		c.inCharged = c.srv.uncharge(int(c.inCharged))
@@ -188,9 +186,6 @@ func (c *Conn) dropInbuf() {
 	}
 	if c.fragOp == 0 {
 		c.partialSince.Store(0)
-	}
-	if c.state.Load() == stateClosed {
-		c.dropFrag()
 	}
 }
 
@@ -335,14 +330,14 @@ func (s *Server) handleFrame(c *Conn, h frameHeader, payload []byte) *CloseError
 		if c.fragOp != 0 {
 			return errExpectedCont
 		}
+		if !h.rsv1 && len(payload) > s.cfg.MaxMessageBytes {
+			// Within compressedLimit, which parseHeader allows on a
+			// connection that negotiated deflate, but not compressed.
+			return errTooBig
+		}
 		if h.fin {
 			if h.rsv1 {
 				return s.inflateMessage(c, h.op, payload)
-			}
-			if len(payload) > s.cfg.MaxMessageBytes {
-				// Within compressedLimit, which parseHeader allows on a
-				// connection that negotiated deflate, but not compressed.
-				return errTooBig
 			}
 			return s.handleMessage(c, h.op, payload)
 		}
@@ -397,9 +392,6 @@ func (s *Server) addFragment(c *Conn, fin bool, payload []byte) *CloseError {
 	}()
 	if compressed {
 		return s.inflateMessage(c, op, msg.B)
-	}
-	if msg.Len() > s.cfg.MaxMessageBytes {
-		return errTooBig
 	}
 	return s.dispatchMessage(c, op, msg.B)
 }

@@ -221,10 +221,14 @@ func (s *Server) checkConn(c *Conn) {
 			c.closeSocket()
 		case state == stateRejected && due(lastActive+cfg.HandshakeTimeout.Nanoseconds()):
 			c.closeSocket()
+		case state == stateClosing && due(lastActive+cfg.WriteTimeout.Nanoseconds()+cfg.CloseTimeout.Nanoseconds()):
+			// The close frame is still queued behind a backlog the peer
+			// drains, but too slowly: a socket that takes nothing meets
+			// WriteTimeout (blockedSince, above); one that takes a byte
+			// now and then would otherwise hold its queue for ever.
+			s.stats.closeTimeouts.Add(1)
+			c.closeSocket()
 		}
-		// A close frame still queued leaves as fast as the peer reads:
-		// a socket that takes nothing meets WriteTimeout (blockedSince,
-		// above), one that drains slowly is not cut mid-frame.
 	case stateHTTP, stateClosed:
 		return // no longer ours to time
 	}

@@ -35,6 +35,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/bytedance/gopkg/util/gopool"
+	"github.com/fanout-dev/fanout/codec"
 	"github.com/fanout-dev/fanout/engine/wsframe"
 	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
@@ -1228,4 +1229,47 @@ func wpGoroutineID() uint64 {
 		return id
 	}
 	return 0
+}
+
+// TestClosingDrainIsBounded: a connection the server closes keeps its
+// queue only WriteTimeout+CloseTimeout after the close is queued, however
+// its peer drains it: a client that reads a little now and then, never
+// idle long enough for WriteTimeout, would otherwise hold its write queue
+// (and a socket) for ever.
+func TestClosingDrainIsBounded(t *testing.T) {
+	s := startServer(t, Config{
+		IdleTimeout: time.Second, WriteTimeout: 3 * time.Second, CloseTimeout: 500 * time.Millisecond,
+		SendBufferBytes: 4 << 10, WriteQueueBytes: 4 << 20,
+	})
+	c := wpDial(t, s, 4<<10)
+	wpUpgrade(t, c, "Sec-WebSocket-Protocol: fanout.v1.json")
+	c.write(clientFrameCompressed(t, []byte(`{"op":"subscribe","id":1,"channel":"slow"}`), false))
+	for range 20 { // 20 x 128 KiB queued behind a 4 KiB window
+		if _, err := s.hub.Publish(context.Background(), "slow", []byte(`"`+strings.Repeat("z", 128<<10)+`"`), codec.JSON, codec.ClientInfo{Client: "p"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := scrape(t, s)["fanout_close_timeouts_total"]
+	// Read 1 KiB every 50 ms: progress well within WriteTimeout; the
+	// connection sends nothing, so the server closes it 1001 after its
+	// idle timeout, behind ~2.5 MB it would take this reader two minutes
+	// to drain.
+	start := time.Now()
+	buf := make([]byte, 1024)
+	for {
+		_ = c.nc.SetReadDeadline(time.Now().Add(20 * time.Second))
+		if _, err := io.ReadFull(c.br, buf); err != nil {
+			break // dropped
+		}
+		if time.Since(start) > time.Minute {
+			t.Fatal("a closing connection drained slowly for a minute and was not dropped")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if m := scrape(t, s); m["fanout_close_timeouts_total"] != before+1 {
+			return fmt.Errorf("close timeouts %v, want %v (write timeouts %v)", m["fanout_close_timeouts_total"], before+1, m["fanout_write_timeouts_total"])
+		}
+		return nil
+	})
 }

@@ -212,8 +212,6 @@ func Inflate(dst []byte, msg []byte, limit int, reserve func(n int) bool) ([]byt
 			return dst, nil
 		case err != nil:
 			return dst, ErrCorrupt
-		case n == 0 && room == 0:
-			return dst, ErrTooLarge
 		}
 	}
 }

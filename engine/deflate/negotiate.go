@@ -14,15 +14,12 @@ var accepted = wsflate.Parameters{
 }.Option()
 
 // Negotiator negotiates permessage-deflate for one handshake; its zero
-// value accepts. Reset it before reusing it for another handshake.
+// value accepts. Use a new one (its zero value) for each handshake.
 type Negotiator struct {
 	// Off declines every offer (compression disabled).
 	Off      bool
 	accepted bool
 }
-
-// Reset makes n ready for another handshake, keeping Off.
-func (n *Negotiator) Reset() { n.accepted = false }
 
 // Accepted reports whether n accepted an offer.
 func (n *Negotiator) Accepted() bool { return n.accepted }
