@@ -20,9 +20,10 @@ type hubBucket struct {
 
 // channel is one channel's subscribers on this hub.
 //
-// Locks (in this order): subMu, then (without holding either) the broker,
-// then mu, then a shard queue's lock. The registry bucket lock is never
-// held together with any of them.
+// Locks (in this order): subMu, then the broker's Subscribe and
+// Unsubscribe (the channel's interest changes under subMu; History and
+// Publish are called with no hub lock), then mu, then a shard queue's
+// lock. The registry bucket lock is never held together with any of them.
 type channel struct {
 	name string
 	refs int // registry references; guarded by the bucket lock

@@ -87,8 +87,10 @@
 // (maxPendingPubs) is backlogged. Publish then waits (bounded by its
 // context) and TryPublish returns ErrBackpressure at once; a publish to a
 // channel that is not backlogged never waits, whatever other channels do.
-// The queues thus hold a bounded number of publications per channel with
-// subscribers.
+// With the memory broker the queues thus hold a bounded number of
+// publications per channel with subscribers. With a cluster broker the
+// bound holds for what this node publishes; publications entering by other
+// nodes are broadcast as they arrive (docs/CLUSTER.md, "Left to do").
 //
 // # Size bounds
 //

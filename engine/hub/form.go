@@ -54,7 +54,6 @@ func (h *Hub) encodeForms(d *delivery, counts *[numForms]int, refs int, appendTo
 		f := wsframe.Get()
 		f.B = appendTo(f.B, enc)
 		f.Finish(opcode(enc))
-		h.encodes.Add(1)
 		if counts[packed] > 0 {
 			z := h.compressor.Frame(f)
 			if z != nil {

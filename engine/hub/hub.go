@@ -118,14 +118,14 @@ type Config struct {
 	// frames queued around the reply, or a reply closes its reader. If
 	// zero, DefaultMaxReplyBytes (768 KiB); if negative, no limit.
 	MaxReplyBytes int
-	// Broker assigns positions, keeps history and delivers publications.
-	// If nil, NewMemoryBroker with the History fields above. The hub owns
-	// it: Close closes it.
 	// Compressor compresses publications, presence pushes and replies for
 	// subscribers that negotiated permessage-deflate (DeflateSubscriber).
 	// Its zero value uses deflate's defaults.
 	Compressor deflate.Compressor
-	Broker     Broker
+	// Broker assigns positions, keeps history and delivers publications.
+	// If nil, NewMemoryBroker with the History fields above. The hub owns
+	// it: Close closes it.
+	Broker Broker
 	// Logger receives broker errors the hub cannot return to a caller. If
 	// nil, slog.Default().
 	Logger *slog.Logger
@@ -580,9 +580,9 @@ func (h *Hub) Unsubscribe(s Subscriber, channel string) error {
 		return ErrNotSubscribed
 	}
 	defer h.release(c)
-	c.subMu.Lock()
+	c.mu.Lock() // members: either lock is enough to read it
 	m := c.members[s]
-	c.subMu.Unlock()
+	c.mu.Unlock()
 	if m == nil || !h.remove(c, s, m) {
 		return ErrNotSubscribed
 	}
@@ -921,12 +921,13 @@ func (h *Hub) broadcast(ch string, pub *codec.Publication) {
 	if c.activeShards == 0 {
 		return
 	}
-	if p := (codec.StreamPosition{Epoch: pub.Epoch, Offset: pub.Offset}); len(c.members) > 0 &&
-		(!c.known || p.Epoch != c.newest.Epoch || p.Offset > c.newest.Offset) {
+	// (activeShards > 0: the channel has members, so the node follows it.)
+	if p := (codec.StreamPosition{Epoch: pub.Epoch, Offset: pub.Offset}); !c.known || p.Epoch != c.newest.Epoch || p.Offset > c.newest.Offset {
 		c.known, c.newest = true, p
 	}
 	d := &delivery{pub: pub}
 	h.encodeForms(d, &c.formCount, c.activeShards, func(b []byte, enc codec.Encoding) []byte {
+		h.encodes.Add(1)
 		return codec.AppendPub(b, enc, pub)
 	})
 	if o := h.frameAge.Load(); o != nil {
