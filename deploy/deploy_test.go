@@ -6,6 +6,7 @@ package deploy
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -345,11 +346,17 @@ func engineDrainDefaults(t *testing.T) time.Duration {
 // TestCompose: the compose file parses, runs Redis, three nodes on it and
 // nginx with deploy/nginx.conf, and stops nodes no faster than a drain.
 func TestCompose(t *testing.T) {
-	py := need(t, "python3", "apt-get install python3 python3-yaml")
+	// Debian's python3 (where .ci/run installs python3-yaml), not
+	// whichever python3 is first on PATH.
+	py := need(t, "/usr/bin/python3", "apt-get install python3 python3-yaml")
 	// YAML to JSON with python3-yaml: the module has no YAML parser, and
 	// this is the only YAML it reads.
 	out, err := exec.Command(py, "-c", "import sys, json, yaml; json.dump(yaml.safe_load(open('compose.yaml')), sys.stdout)").Output()
 	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			t.Fatalf("compose.yaml does not parse: %v\n%s", err, ee.Stderr)
+		}
 		t.Fatalf("compose.yaml does not parse: %v", err)
 	}
 	var c struct {

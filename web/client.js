@@ -328,6 +328,7 @@
           // Refused (a bad token, or no anonymous access): start over with a
           // new token after the usual backoff.
           this._drop(4001, 'connect refused: ' + String(msg.error.code || 'error'));
+          return;
         }
         if (this._connectName) this.sentName = this._connectName;
         return; // success: the connected push follows

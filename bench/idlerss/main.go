@@ -227,6 +227,12 @@ func upgradeOne(addr, source string, req []byte, readFirst bool) (net.Conn, erro
 		c.Close()
 		return nil, fmt.Errorf("upgrade failed: %v", err)
 	}
+	if offer != "" && !strings.HasPrefix(resp.Header.Get("Sec-WebSocket-Extensions"), "permessage-deflate") {
+		// -deflate measures connections that negotiated it: one that did
+		// not is a failed connection, not a plain one counted as compressed.
+		c.Close()
+		return nil, fmt.Errorf("permessage-deflate offered, answered %q", resp.Header.Get("Sec-WebSocket-Extensions"))
+	}
 	if readFirst {
 		var h [2]byte
 		if _, err := io.ReadFull(br, h[:]); err != nil {

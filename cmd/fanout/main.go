@@ -100,7 +100,7 @@ func run(args []string, stderr io.Writer) error {
 	fs.IntVar(&cfg.HistoryChannels, "history-channels", 100000, "most channels holding history; the least recently published loses it (negative: no cap)")
 	fs.IntVar(&cfg.MaxReplyBytes, "max-reply-bytes", 0, "largest subscribe/history reply (0: 3/4 of --write-queue-bytes, at most 786432; negative: no bound)")
 	fs.StringVar(&brokerURL, "broker", "", "cluster broker URL joining nodes into one system: redis://[user:password@]host:port[/db] or rediss:// (see docs/CLUSTER.md; empty: in-memory, single node)")
-	fs.StringVar(&cfg.APIKey, "api-key", "", "bearer key enabling POST /api/publish (unset: endpoint answers 404)")
+	fs.StringVar(&cfg.APIKey, "api-key", "", "bearer key enabling POST /api/publish and /api/disconnect (unset: they answer 404)")
 	fs.BoolVar(&cfg.Pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ (exposes internals; on --admin-addr when set)")
 	fs.StringVar(&cfg.AdminAddr, "admin-addr", "", "second address for /metrics, /healthz and --pprof (e.g. 127.0.0.1:9090); the public port then does not serve them")
 	fs.BoolVar(&cfg.AdminAPI, "admin-api", false, "serve /api/* on --admin-addr only")

@@ -19,6 +19,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -269,6 +270,10 @@ func startProc(t *testing.T, name string, env []string, argv ...string) *procDri
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Dir = pkgDir(t)
+	// Its own process group, ended as a whole (as engine/browser_e2e_test.go
+	// does): a driver's children (node's browser) must not outlive the test.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
 	cmd.WaitDelay = 5 * time.Second
 	p := &procDriver{name: name, cmd: cmd, lines: make(chan []byte, 4), stderr: &lockedBuffer{}}
 	cmd.Stderr = p.stderr
@@ -309,6 +314,7 @@ func startProc(t *testing.T, name string, env []string, argv ...string) *procDri
 			<-done
 		}
 		cancel()
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // anything left in its group
 		if t.Failed() {
 			t.Logf("%s stderr:\n%s", name, p.stderr.String())
 		}

@@ -1,7 +1,10 @@
 package clients
 
 import (
+	"bufio"
 	"context"
+	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -66,7 +69,7 @@ func scenario(t *testing.T, spec clientSpec, d driver, enc string, mode engine.C
 	const room = "room"
 
 	// Connection 1 (alice): handshake, publish and receive, then 1008.
-	id := connect(t, spec, d, s, "alice", enc, mode)
+	id, ext := connect(t, spec, d, s, "alice", enc, mode)
 	must(t, d, map[string]any{"cmd": "subscribe", "channel": room})
 
 	roundTrip := func(what, data string, fragments int) {
@@ -80,7 +83,13 @@ func scenario(t *testing.T, spec clientSpec, d driver, enc string, mode engine.C
 		checkPub(t, what, got, data, off, id)
 	}
 	roundTrip("small message", "hello from "+spec.name, 0)
+	before := compressedFrames(t, s)
 	roundTrip("256 KiB message", payload(largeBytes, 1), 0)
+	// What was negotiated is what was sent: the 256 KiB publication went
+	// to this client compressed exactly when it negotiated compression.
+	if made := compressedFrames(t, s) - before; (made > 0) != (ext != "") {
+		t.Fatalf("extension %q negotiated, %v compressed frames made for the 256 KiB publication", ext, made)
+	}
 	if spec.fragments {
 		roundTrip("fragmented message", payload(fragmentedBytes, 2), 4)
 	} else {
@@ -89,7 +98,7 @@ func scenario(t *testing.T, spec clientSpec, d driver, enc string, mode engine.C
 
 	// A Go client in the other encoding publishes; the client receives it.
 	g := newGoDriver(gorillaLib{})
-	gid := connect(t, clientSpec{name: "gorilla (publisher)", deflate: true}, g, s, "gopher", other(enc), mode)
+	gid, _ := connect(t, clientSpec{name: "gorilla (publisher)", deflate: true}, g, s, "gopher", other(enc), mode)
 	for _, data := range []string{"from a Go client", payload(largeBytes, 3)} {
 		r := must(t, g, map[string]any{"cmd": "publish", "channel": room, "data": data})
 		got := must(t, d, map[string]any{"cmd": "recv", "channel": room})
@@ -122,7 +131,7 @@ func scenario(t *testing.T, spec clientSpec, d driver, enc string, mode engine.C
 
 // connect opens a connection and checks the handshake: the subprotocol,
 // and the extension the client negotiated.
-func connect(t *testing.T, spec clientSpec, d driver, s *engine.Server, user, enc string, mode engine.CompressionMode) string {
+func connect(t *testing.T, spec clientSpec, d driver, s *engine.Server, user, enc string, mode engine.CompressionMode) (client, extensions string) {
 	t.Helper()
 	r := must(t, d, map[string]any{"cmd": "connect", "url": wsURL(t, s, user), "encoding": enc})
 	if got, want := r.str("protocol"), "fanout.v1."+enc; got != want {
@@ -144,7 +153,30 @@ func connect(t *testing.T, spec clientSpec, d driver, s *engine.Server, user, en
 	if id == "" {
 		t.Fatalf("no connected push with a client id: %v", r)
 	}
-	return id
+	return id, ext
+}
+
+// compressedFrames reads the server's fanout_hub_compressed_total.
+func compressedFrames(t *testing.T, s *engine.Server) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + s.Addr().String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "fanout_hub_compressed_total "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}
+	}
+	t.Fatal("no fanout_hub_compressed_total in /metrics")
+	return 0
 }
 
 // checkPub checks a publication the client received against the one
