@@ -214,10 +214,26 @@ func TestClusterOrderAndNodeFailure(t *testing.T) {
 	go publish(dial(t, nodes[0].url()), per)
 	go publish(dial(t, nodes[1].url()), per)
 
-	// Kill node 2 mid-stream: its sockets drop without a close frame.
-	time.Sleep(100 * time.Millisecond)
+	// Kill node 2 mid-stream, once the moved subscriber has some of the
+	// publications and the publishers have not finished: its sockets drop
+	// without a close frame.
+	waitFor(t, 30*time.Second, func() error {
+		moved.mu.Lock()
+		defer moved.mu.Unlock()
+		if len(moved.pubs) < 10 {
+			return fmt.Errorf("moved subscriber has %d publications", len(moved.pubs))
+		}
+		return nil
+	})
 	px.backend.Store(nodes[0].srv.Addr().String())
 	nodes[2].srv.Close()
+	mu.Lock()
+	atKill := len(acked)
+	mu.Unlock()
+	if atKill >= 2*per {
+		t.Fatalf("all %d publications acknowledged before node 2 was killed: not mid-stream", atKill)
+	}
+	t.Logf("node 2 killed after %d of %d publications were acknowledged", atKill, 2*per)
 	wg.Wait()
 	if len(acked) != 2*per {
 		t.Fatalf("%d acknowledged", len(acked))
