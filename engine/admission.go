@@ -536,7 +536,7 @@ func (s *Server) registerAdmissionMetrics(reg *prometheus.Registry) {
 	a := &s.adm
 	refused := prometheus.NewDesc("fanout_upgrades_refused_total",
 		"Upgrade requests refused, by cause: admission control (max_conns, per_ip, memory, origin, bad_key, keepalive; "+
-			"accept_shed: sockets closed at accept near RLIMIT_NOFILE) and the rest (wrong_path, draining, bad_request, "+
+			"accept_shed: sockets closed at accept near RLIMIT_NOFILE or past the TLS front's cap) and the rest (wrong_path, draining, bad_request, "+
 			"head_too_large, bad_subprotocol, unauthorized).",
 		[]string{"cause"}, nil)
 	st := &s.stats

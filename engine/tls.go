@@ -104,9 +104,8 @@ type tlsFront struct {
 	handshakeErrors  atomic.Uint64
 	plaintextRefused atomic.Uint64
 	// shed counts clients closed at accept because the front held
-	// maxLive connections; shedLogged is when that was last logged.
-	shed       atomic.Uint64
-	shedLogged atomic.Int64
+	// maxLive connections.
+	shed atomic.Uint64
 	// maxLive bounds the connections the front holds, handshakes
 	// included: admission's accept cap (RLIMIT_NOFILE less a reserve, by
 	// three descriptors per TLS connection), so that a flood of TLS
@@ -264,13 +263,12 @@ func (f *tlsFront) newPipe(tc *net.TCPConn) (*tlsPipe, error) {
 
 var errFrontFull = errors.New("tls front: connection cap reached")
 
-// logShed counts a client shed at accept and logs it at most once a minute.
+// logShed counts a client shed at accept (fanout_tls_shed_total, and with
+// every other refusal in fanout_upgrades_refused_total{cause="accept_shed"},
+// logged there at most once a minute).
 func (f *tlsFront) logShed() {
-	n := f.shed.Add(1)
-	now := time.Now().UnixNano()
-	if last := f.shedLogged.Load(); now-last >= int64(time.Minute) && f.shedLogged.CompareAndSwap(last, now) {
-		f.s.log.Warn("tls: connections closed at accept, the front holds its cap", "cap", f.maxLive, "shed_total", n)
-	}
+	f.shed.Add(1)
+	_ = f.s.adm.refuse(f.s, causeAcceptShed, nil, "tls_front_cap", f.maxLive)
 }
 
 // liveConns is the number of connections the front holds (tests).

@@ -724,6 +724,10 @@ func TestTLSFrontCapShedsAtAccept(t *testing.T) {
 	if n := e.s.tls.shed.Load(); n != 1 {
 		t.Fatalf("shed %d, want 1", n)
 	}
+	// Counted with every other refusal too.
+	if n := e.s.adm.refused[causeAcceptShed].Load(); n != 1 {
+		t.Fatalf("fanout_upgrades_refused_total{cause=\"accept_shed\"} %d, want 1", n)
+	}
 	for _, c := range held {
 		c.Close()
 	}
